@@ -1,0 +1,510 @@
+//! Model deployments: the record (DEP-1), write normalization and validation
+//! (ADM-4, VAL-1..10), update merge semantics (ADM-4, EDGE-1), the
+//! credential-wins overlay (CRED-5) and values derived at registry build (DEP-7).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::params::{CONNECTION_FIELDS, int_field, str_field, string_field};
+use crate::{Error, Result, auth_header, chat_batching, model_info, provider, redaction};
+
+/// Workload mode of a deployment (`model_info.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Chat completions (default).
+    #[default]
+    Chat,
+    /// Embeddings.
+    Embedding,
+    /// Image generation.
+    ImageGeneration,
+    /// Text to speech.
+    AudioSpeech,
+    /// Speech to text.
+    AudioTranscription,
+    /// Rerank.
+    Rerank,
+}
+
+impl Mode {
+    /// All modes, in display order.
+    pub const ALL: [Mode; 6] = [
+        Mode::Chat,
+        Mode::Embedding,
+        Mode::ImageGeneration,
+        Mode::AudioSpeech,
+        Mode::AudioTranscription,
+        Mode::Rerank,
+    ];
+
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Chat => "chat",
+            Mode::Embedding => "embedding",
+            Mode::ImageGeneration => "image_generation",
+            Mode::AudioSpeech => "audio_speech",
+            Mode::AudioTranscription => "audio_transcription",
+            Mode::Rerank => "rerank",
+        }
+    }
+
+    /// Parse a wire name.
+    pub fn parse(s: &str) -> Result<Mode> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| Error::invalid(format!(
+                "model_info.mode '{s}' is not supported; use one of chat, embedding, image_generation, audio_speech, audio_transcription, rerank"
+            )))
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored deployment (DEP-1). `deltallm_params` holds secrets in clear while
+/// in memory, so `Debug` prints a redacted copy.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct Deployment {
+    /// Primary key, may contain `/`.
+    pub deployment_id: String,
+    /// Public name clients call.
+    pub model_name: String,
+    /// Linked named credential.
+    pub named_credential_id: Option<String>,
+    /// Provider parameters (unknown keys kept).
+    pub deltallm_params: Map<String, Value>,
+    /// Model metadata: mode, pricing, limits, access groups...
+    pub model_info: Map<String, Value>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last write time.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deployment")
+            .field("deployment_id", &self.deployment_id)
+            .field("model_name", &self.model_name)
+            .field("named_credential_id", &self.named_credential_id)
+            .field("deltallm_params", &redaction::redacted(&Value::Object(self.deltallm_params.clone())))
+            .field("model_info", &self.model_info)
+            .finish()
+    }
+}
+
+impl Deployment {
+    /// RUN-3 provider of this deployment.
+    pub fn provider(&self) -> String {
+        provider::infer(
+            self.deltallm_params.get("provider").and_then(Value::as_str),
+            str_field(&self.deltallm_params, "model").unwrap_or(""),
+        )
+    }
+
+    /// Workload mode (default chat).
+    pub fn mode(&self) -> Mode {
+        model_info::mode_of(&self.model_info).unwrap_or_default()
+    }
+
+    /// DEP-7 weight: `model_info.weight` ?? `deltallm_params.weight` ?? 1; 0 → 1.
+    pub fn weight(&self) -> u32 {
+        let w = self
+            .model_info
+            .get("weight")
+            .and_then(Value::as_u64)
+            .or_else(|| self.deltallm_params.get("weight").and_then(Value::as_u64))
+            .unwrap_or(1);
+        u32::try_from(w).unwrap_or(u32::MAX).max(1)
+    }
+
+    /// DEP-7 priority (lower preferred), default 0.
+    pub fn priority(&self) -> u32 {
+        self.model_info
+            .get("priority")
+            .and_then(Value::as_u64)
+            .map_or(0, |p| u32::try_from(p).unwrap_or(u32::MAX))
+    }
+
+    /// DEP-7 rpm limit: `model_info.rpm_limit` ?? `deltallm_params.rpm`.
+    pub fn rpm_limit(&self) -> Option<u64> {
+        self.model_info.get("rpm_limit").and_then(Value::as_u64).or_else(|| self.deltallm_params.get("rpm").and_then(Value::as_u64))
+    }
+
+    /// DEP-7 tpm limit: `model_info.tpm_limit` ?? `deltallm_params.tpm`.
+    pub fn tpm_limit(&self) -> Option<u64> {
+        self.model_info.get("tpm_limit").and_then(Value::as_u64).or_else(|| self.deltallm_params.get("tpm").and_then(Value::as_u64))
+    }
+
+    /// Routing tags (`model_info.tags`).
+    pub fn tags(&self) -> Vec<String> {
+        match self.model_info.get("tags") {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Access groups (`model_info.access_groups`, normalized on write).
+    pub fn access_groups(&self) -> Vec<String> {
+        model_info::access_groups_of(&self.model_info)
+    }
+
+    /// Are inline secret credentials stored (`api_key` or `aws_*` non-empty)?
+    pub fn inline_credentials_present(&self) -> bool {
+        self.named_credential_id.is_none()
+            && self.deltallm_params.iter().any(|(k, v)| {
+                (k == "api_key" || k.starts_with("aws_")) && v.as_str().is_some_and(|s| !s.trim().is_empty())
+            })
+    }
+}
+
+/// CRED-5: effective params = deployment params overlaid by every credential
+/// key (the credential wins; empty credential values are ignored).
+pub fn effective_params(params: &Map<String, Value>, credential: Option<&Map<String, Value>>) -> Map<String, Value> {
+    let mut out = params.clone();
+    if let Some(config) = credential {
+        for (k, v) in config {
+            if !(v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty())) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Remove the nine inline connection fields (linked deployments, CRED-5).
+pub fn strip_connection_fields(params: &mut Map<String, Value>) {
+    for field in CONNECTION_FIELDS {
+        params.remove(field);
+    }
+}
+
+/// A generated id: `<model_name>-<8 random lowercase hex>` (DEP-2).
+pub fn generate_id(model_name: &str) -> String {
+    let n: u32 = rand::rng().random();
+    format!("{model_name}-{n:08x}")
+}
+
+/// A create (or the merged result of an update) as sent by a client or config.
+#[derive(Clone, PartialEq, Default)]
+pub struct DeploymentInput {
+    /// Requested id (DEP-2); `None` → generated.
+    pub deployment_id: Option<String>,
+    /// Public name.
+    pub model_name: String,
+    /// Linked credential.
+    pub named_credential_id: Option<String>,
+    /// Provider parameters.
+    pub deltallm_params: Map<String, Value>,
+    /// Model metadata.
+    pub model_info: Map<String, Value>,
+}
+
+impl fmt::Debug for DeploymentInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeploymentInput")
+            .field("deployment_id", &self.deployment_id)
+            .field("model_name", &self.model_name)
+            .field("named_credential_id", &self.named_credential_id)
+            .field("deltallm_params", &redaction::redacted(&Value::Object(self.deltallm_params.clone())))
+            .field("model_info", &self.model_info)
+            .finish()
+    }
+}
+
+fn object_field(obj: &Map<String, Value>, keys: &[&str]) -> Result<Option<Map<String, Value>>> {
+    for key in keys {
+        match obj.get(*key) {
+            None => continue,
+            Some(Value::Null) => return Ok(None),
+            Some(Value::Object(m)) => return Ok(Some(m.clone())),
+            Some(_) => return Err(Error::invalid(format!("{} must be an object", keys[0]))),
+        }
+    }
+    Ok(None)
+}
+
+fn optional_id(obj: &Map<String, Value>, key: &str) -> Result<Option<Option<String>>> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(Some(None)),
+        Some(Value::String(s)) => Ok(Some(Some(s.trim().to_owned()))),
+        Some(_) => Err(Error::invalid(format!("{key} must be a string"))),
+    }
+}
+
+impl DeploymentInput {
+    /// Read a create body (or a config `model_list` entry). Accepts the
+    /// `litellm_params` alias. Shape errors are 400s naming the field.
+    pub fn from_json(value: &Value) -> Result<Self> {
+        let Value::Object(obj) = value else {
+            return Err(Error::invalid("request body must be a JSON object"));
+        };
+        let model_name = match obj.get("model_name") {
+            Some(Value::String(s)) => s.trim().to_owned(),
+            None | Some(Value::Null) => String::new(),
+            Some(_) => return Err(Error::invalid("model_name must be a string")),
+        };
+        Ok(Self {
+            deployment_id: optional_id(obj, "deployment_id")?.flatten(),
+            model_name,
+            named_credential_id: optional_id(obj, "named_credential_id")?.flatten(),
+            deltallm_params: object_field(obj, &["deltallm_params", "litellm_params"])?.unwrap_or_default(),
+            model_info: object_field(obj, &["model_info"])?.unwrap_or_default(),
+        })
+    }
+}
+
+/// An update body (ADM-4): omitted fields are kept.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentPatch {
+    /// New public name.
+    pub model_name: Option<String>,
+    /// `Some(None)` unlinks (null or "").
+    pub named_credential_id: Option<Option<String>>,
+    /// Shallow-merged into the stored params; `null` values delete keys.
+    pub deltallm_params: Option<Map<String, Value>>,
+    /// Replaces the stored `model_info` wholesale.
+    pub model_info: Option<Map<String, Value>>,
+}
+
+impl DeploymentPatch {
+    /// Read an update body.
+    pub fn from_json(value: &Value) -> Result<Self> {
+        let Value::Object(obj) = value else {
+            return Err(Error::invalid("request body must be a JSON object"));
+        };
+        let model_name = match obj.get("model_name") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.trim().to_owned()),
+            Some(_) => return Err(Error::invalid("model_name must be a string")),
+        };
+        let model_info = match obj.get("model_info") {
+            None => None,
+            Some(Value::Null) => Some(Map::new()),
+            Some(Value::Object(m)) => Some(m.clone()),
+            Some(_) => return Err(Error::invalid("model_info must be an object")),
+        };
+        Ok(Self {
+            model_name,
+            named_credential_id: optional_id(obj, "named_credential_id")?,
+            deltallm_params: object_field(obj, &["deltallm_params", "litellm_params"])?,
+            model_info,
+        })
+    }
+
+    /// Merge onto the stored record (ADM-4, EDGE-1): stored connection fields
+    /// are dropped when the provider changes or a credential is linked, so an
+    /// omitted `api_key` otherwise survives.
+    pub fn apply(self, stored: &Deployment) -> DeploymentInput {
+        let named_credential_id = match self.named_credential_id {
+            None => stored.named_credential_id.clone(),
+            Some(v) => v,
+        };
+        let mut params = stored.deltallm_params.clone();
+        if let Some(sent) = self.deltallm_params {
+            let old = provider::canonical(&stored.provider());
+            let new_provider = match sent.get("provider") {
+                Some(Value::String(p)) => provider::canonical(p),
+                _ => old.clone(),
+            };
+            if new_provider != old || named_credential_id.is_some() {
+                strip_connection_fields(&mut params);
+            }
+            for (k, v) in sent {
+                if v.is_null() {
+                    params.remove(&k);
+                } else {
+                    params.insert(k, v);
+                }
+            }
+        }
+        DeploymentInput {
+            deployment_id: Some(stored.deployment_id.clone()),
+            model_name: self.model_name.unwrap_or_else(|| stored.model_name.clone()),
+            named_credential_id,
+            deltallm_params: params,
+            model_info: self.model_info.unwrap_or_else(|| stored.model_info.clone()),
+        }
+    }
+}
+
+/// The linked credential a write is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkedCredential<'a> {
+    /// Canonical provider of the credential.
+    pub provider: &'a str,
+    /// Its connection config (secrets in clear, never logged).
+    pub connection_config: &'a Map<String, Value>,
+}
+
+/// Which checks a write path applies.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteRules {
+    /// Admin writes need an explicit `provider` (config may infer it, RUN-3).
+    pub require_provider: bool,
+    /// Admin writes need an effective `api_base` (config may rely on DEP-9).
+    pub require_api_base: bool,
+}
+
+impl WriteRules {
+    /// Rules for the admin API (VAL-3).
+    pub const ADMIN: WriteRules = WriteRules { require_provider: true, require_api_base: true };
+    /// Rules for config bootstrap (CFG-4): provider may be inferred, api_base may be filled at runtime.
+    pub const CONFIG: WriteRules = WriteRules { require_provider: false, require_api_base: false };
+}
+
+/// A write that passed every rule, normalized and ready to store.
+#[derive(Debug, Clone)]
+pub struct ValidDeployment {
+    /// The normalized input (id still optional).
+    pub input: DeploymentInput,
+    /// RUN-3 provider.
+    pub provider: String,
+    /// Workload mode.
+    pub mode: Mode,
+}
+
+fn trim_string(params: &mut Map<String, Value>, key: &str, blank_is_null: bool) -> Result<()> {
+    match params.get(key) {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            let t = s.trim().to_owned();
+            if t.is_empty() && blank_is_null {
+                params.remove(key);
+            } else {
+                params.insert(key.into(), Value::String(t));
+            }
+        }
+        Some(_) => return Err(Error::invalid(format!("deltallm_params.{key} must be a string"))),
+    }
+    Ok(())
+}
+
+/// Normalize and validate a deployment write. `credential` is the linked
+/// credential when `named_credential_id` is set (the caller looks it up;
+/// `None` with an id set means it does not exist).
+pub fn validate(mut input: DeploymentInput, credential: Option<LinkedCredential<'_>>, rules: WriteRules) -> Result<ValidDeployment> {
+    if input.model_name.is_empty() {
+        return Err(Error::invalid("model_name is required"));
+    }
+    if let Some(id) = &input.deployment_id
+        && id.trim().is_empty()
+    {
+        input.deployment_id = None;
+    }
+    let params = &mut input.deltallm_params;
+
+    // Provider: lower-cased; required on the admin path.
+    match params.get("provider") {
+        None | Some(Value::Null) => {
+            if rules.require_provider {
+                return Err(Error::invalid("provider is required"));
+            }
+            params.remove("provider");
+        }
+        Some(Value::String(p)) if p.trim().is_empty() => {
+            if rules.require_provider {
+                return Err(Error::invalid("provider is required"));
+            }
+            params.remove("provider");
+        }
+        Some(Value::String(p)) => {
+            let p = p.trim().to_ascii_lowercase();
+            params.insert("provider".into(), Value::String(p));
+        }
+        Some(_) => return Err(Error::invalid("deltallm_params.provider must be a string")),
+    }
+    trim_string(params, "model", false)?;
+    if str_field(params, "model").is_none() {
+        return Err(Error::invalid("deltallm_params.model is required"));
+    }
+    let provider = provider::infer(params.get("provider").and_then(Value::as_str), str_field(params, "model").unwrap_or(""));
+
+    for key in ["api_base", "region", "api_key", "aws_access_key_id", "aws_secret_access_key", "aws_session_token"] {
+        trim_string(params, key, false)?;
+    }
+    trim_string(params, "api_version", true)?;
+
+    // Named credential link (CRED-4, CRED-5).
+    if input.named_credential_id.is_some() {
+        let Some(cred) = credential else {
+            return Err(Error::invalid("named_credential_id is invalid"));
+        };
+        if provider::canonical(cred.provider) != provider::canonical(&provider) {
+            return Err(Error::invalid("Named credential provider does not match deployment provider"));
+        }
+        strip_connection_fields(params);
+    }
+    let effective = effective_params(params, credential.filter(|_| input.named_credential_id.is_some()).map(|c| c.connection_config));
+    if rules.require_api_base && str_field(&effective, "api_base").is_none() {
+        return Err(Error::invalid("deltallm_params.api_base is required"));
+    }
+
+    // Custom auth headers (VAL-5..7), checked on the effective connection.
+    let name = string_field(&effective, "auth_header_name", "deltallm_params.auth_header_name")?;
+    let format = string_field(&effective, "auth_header_format", "deltallm_params.auth_header_format")?;
+    if name.is_some() || format.is_some() {
+        if !provider::allows_custom_auth(&provider) {
+            return Err(Error::invalid(format!("Custom auth headers are not supported for provider '{provider}'")));
+        }
+        if let Some(n) = name {
+            let n = auth_header::validate_name(n)?;
+            if params.contains_key("auth_header_name") {
+                params.insert("auth_header_name".into(), Value::String(n));
+            }
+        }
+        if let Some(f) = format {
+            let f = auth_header::validate_format(f)?;
+            if params.contains_key("auth_header_format") {
+                params.insert("auth_header_format".into(), Value::String(f));
+            }
+        }
+    }
+
+    // Typed checks (VAL-10).
+    for (key, min) in [("timeout", 1), ("stream_timeout", 1), ("max_tokens", 1), ("rpm", 0), ("tpm", 0), ("weight", 0)] {
+        int_field(params, key, &format!("deltallm_params.{key}"), min)?;
+    }
+    match chat_batching::parse(params.get("chat_batching"))? {
+        None => {
+            params.remove("chat_batching");
+        }
+        Some(cb) => {
+            let v = serde_json::to_value(cb).map_err(|e| Error::invalid(e.to_string()))?;
+            params.insert("chat_batching".into(), v);
+        }
+    }
+
+    let mode = model_info::validate(&mut input.model_info)?;
+    if !provider::supports_mode(&provider, mode) {
+        return Err(Error::invalid(format!("Provider '{provider}' does not support mode '{mode}'")));
+    }
+    Ok(ValidDeployment { input, provider, mode })
+}
+
+/// DEP-3: a warning when deployments sharing `model_name` carry differing
+/// access-group lists. `lists` holds (deployment_id, groups) for every
+/// deployment of the name after the write.
+pub fn access_group_warning(model_name: &str, lists: &[(String, Vec<String>)]) -> Option<String> {
+    let first = &lists.first()?.1;
+    if lists.iter().all(|(_, g)| g == first) {
+        return None;
+    }
+    let detail: Vec<String> = lists.iter().map(|(id, g)| format!("{id}: [{}]", g.join(", "))).collect();
+    Some(format!(
+        "Deployments of model '{model_name}' have differing access_groups ({}); access-group expansion is disabled for this model until they agree",
+        detail.join("; ")
+    ))
+}

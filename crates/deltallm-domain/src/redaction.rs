@@ -1,0 +1,123 @@
+//! Redaction of secrets in anything shown to a user (CRED-7).
+
+use serde_json::Value;
+
+pub use crate::secret::REDACTED;
+
+/// Keys that are always shown even though their name looks secret.
+const SHOWN: &[&str] = &[
+    "api_base",
+    "api_version",
+    "auth_header_format",
+    "auth_header_name",
+    "region",
+    "provider",
+    "endpoint",
+    "base_url",
+    "max_tokens",
+    "max_input_tokens",
+    "max_output_tokens",
+    "max_total_input_tokens",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+];
+
+/// Is a value stored under `key` a secret? Case-insensitive: `api_key`, `aws_*`,
+/// anything containing `password`/`secret`/`token`, ending `_key` or equal to
+/// `key` — except the keys of the always-shown list.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    if SHOWN.contains(&k.as_str()) {
+        return false;
+    }
+    k == "api_key"
+        || k == "key"
+        || k.starts_with("aws_")
+        || k.ends_with("_key")
+        || k.contains("password")
+        || k.contains("secret")
+        || k.contains("token")
+}
+
+fn mask_all(value: &mut Value) {
+    match value {
+        Value::Null => {}
+        Value::String(s) if s.is_empty() => {}
+        Value::Array(items) => {
+            for item in items {
+                mask_all(item);
+            }
+        }
+        Value::Object(map) => {
+            for v in map.values_mut() {
+                mask_all(v);
+            }
+        }
+        other => *other = Value::String(REDACTED.to_owned()),
+    }
+}
+
+/// Redact in place: secret keys' values are masked (non-empty list elements
+/// too), objects are walked recursively.
+pub fn redact_in_place(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if is_secret_key(k) {
+                    mask_all(v);
+                } else {
+                    redact_in_place(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_in_place),
+        _ => {}
+    }
+}
+
+/// A redacted copy.
+pub fn redacted(value: &Value) -> Value {
+    let mut copy = value.clone();
+    redact_in_place(&mut copy);
+    copy
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn cred_7_keys() {
+        for k in ["api_key", "API_KEY", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "db_password", "client_secret", "refresh_token", "private_key", "key"] {
+            assert!(is_secret_key(k), "{k}");
+        }
+        for k in ["api_base", "api_version", "auth_header_format", "auth_header_name", "region", "provider", "max_tokens", "max_total_input_tokens", "total_tokens", "model", "keyboard", "timeout"] {
+            assert!(!is_secret_key(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn redaction_recurses_and_masks_list_elements() {
+        let v = json!({
+            "api_key": "sk-1",
+            "api_base": "http://x",
+            "empty_key": "",
+            "nested": {"client_secret": "s", "max_tokens": 5, "deeper": [{"token": "t"}]},
+            "tokens": ["a", "", "b"],
+            "aws_access_key_id": null
+        });
+        let r = redacted(&v);
+        assert_eq!(r["api_key"], REDACTED);
+        assert_eq!(r["api_base"], "http://x");
+        assert_eq!(r["empty_key"], "");
+        assert_eq!(r["nested"]["client_secret"], REDACTED);
+        assert_eq!(r["nested"]["max_tokens"], 5);
+        assert_eq!(r["nested"]["deeper"][0]["token"], REDACTED);
+        assert_eq!(r["tokens"], json!([REDACTED, "", REDACTED]));
+        assert_eq!(r["aws_access_key_id"], Value::Null);
+        assert!(!r.to_string().contains("sk-1"));
+    }
+}
