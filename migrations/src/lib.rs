@@ -1,1 +1,17 @@
-//! placeholder
+//! Schema migrations of the DeltaLLM gateway. They run on every start (idempotent)
+//! and never import the storage entities, so old migrations keep compiling as the
+//! entities evolve.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_create_core_tables;
+
+/// All migrations, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_create_core_tables::Migration)]
+    }
+}

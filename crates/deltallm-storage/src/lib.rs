@@ -1,1 +1,70 @@
-//! placeholder
+//! Persistence of the DeltaLLM gateway on sea-orm: SQLite (embedded default) and
+//! PostgreSQL (production, multi-replica).
+//!
+//! The store maps rows to `deltallm-domain` types and is the only place that
+//! touches SQL. Secret fields are sealed with `deltallm-secrets` before they are
+//! written, so plaintext never reaches the database. Must not import HTTP,
+//! provider or routing crates. Nothing here runs on the proxy hot path.
+
+pub mod entity;
+
+mod credentials;
+mod deployments;
+mod error;
+mod keys;
+mod spend;
+
+use std::sync::Arc;
+
+use deltallm_secrets::KeyRing;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+
+pub use deployments::DeploymentQuery;
+pub use error::{Error, Result};
+pub use keys::UnreadableSecrets;
+pub use spend::{SpendGroupBy, SpendRecord, SpendSummaryRow};
+
+/// Database handle plus the key ring that seals secrets.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+    keys: Arc<KeyRing>,
+}
+
+impl Store {
+    /// Connect to `url` (`sqlite://path?mode=rwc` or `postgres://...`).
+    pub async fn connect(url: &str, keys: KeyRing) -> Result<Self> {
+        let mut opts = ConnectOptions::new(url.to_owned());
+        // SQL statement logging would be noise at info level and could echo values.
+        opts.sqlx_logging(false).max_connections(if url.starts_with("sqlite") { 4 } else { 16 });
+        let db = Database::connect(opts).await?;
+        if url.starts_with("sqlite") {
+            use sea_orm::ConnectionTrait;
+            // WAL lets readers proceed while the spend writer commits; FKs are off by default in SQLite.
+            db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;")
+                .await?;
+        }
+        Ok(Self { db, keys: Arc::new(keys) })
+    }
+
+    /// Wrap an existing connection (tests, embedders).
+    pub fn from_connection(db: DatabaseConnection, keys: KeyRing) -> Self {
+        Self { db, keys: Arc::new(keys) }
+    }
+
+    /// The raw connection (migrations, health checks).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The key ring used to seal and open secrets.
+    pub fn key_ring(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// A cheap round trip for readiness probes.
+    pub async fn ping(&self) -> Result<()> {
+        self.db.ping().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,6 @@
+//! sea-orm entities. JSON documents are stored as text so SQLite and
+//! PostgreSQL share one schema; secret fields live only in `secret_ciphertext`.
+
+pub mod deployment;
+pub mod named_credential;
+pub mod spend_log;
