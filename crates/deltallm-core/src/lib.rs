@@ -1,1 +1,19 @@
-//! placeholder
+//! The embeddable DeltaLLM gateway.
+//!
+//! [`Gateway`] owns the runtime registry (an immutable snapshot behind an
+//! `ArcSwap`), the shared upstream client, the spend queue and the admin
+//! services that write through storage and rebuild the registry. The HTTP crate
+//! and other Rust services call it in-process. The core never reads the
+//! environment or files (it takes [`GatewaySettings`]) and never imports axum.
+
+pub mod admin;
+pub mod error;
+pub mod gateway;
+pub mod pricing;
+pub mod registry;
+pub mod settings;
+pub mod spend;
+
+pub use error::{Error, Result};
+pub use gateway::Gateway;
+pub use settings::{DeploymentSource, GatewaySettings};

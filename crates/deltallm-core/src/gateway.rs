@@ -1,0 +1,196 @@
+//! The gateway handle: registry snapshots, reloads, start-up.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use deltallm_domain::deployment::{self, Deployment, WriteRules};
+use deltallm_providers::{HttpSettings, Providers};
+use deltallm_router::CooldownPolicy;
+use deltallm_storage::Store;
+
+use crate::registry::{self, Registry};
+use crate::settings::{DeploymentSource, GatewaySettings};
+use crate::spend::SpendQueue;
+use crate::{Error, Result};
+
+/// Cheap-to-clone handle to one running gateway.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) settings: GatewaySettings,
+    pub(crate) registry: ArcSwap<Registry>,
+    pub(crate) providers: Providers,
+    pub(crate) spend: SpendQueue,
+    pub(crate) cooldown: CooldownPolicy,
+    /// Serializes admin writes and registry rebuilds (never taken by requests).
+    pub(crate) write_lock: tokio::sync::Mutex<()>,
+}
+
+/// Turn config `model_list` entries into records, validated with the same
+/// rules as the admin API (config may infer provider and omit api_base).
+fn config_deployments(settings: &GatewaySettings) -> Result<Vec<Deployment>, String> {
+    let now = chrono::Utc::now();
+    let mut out = Vec::with_capacity(settings.config_model_list.len());
+    for (index, input) in settings.config_model_list.iter().enumerate() {
+        let name = input.model_name.clone();
+        let valid = deployment::validate(input.clone(), None, WriteRules::CONFIG).map_err(|e| {
+            format!("model_list[{index}] ({name}): {e}")
+        })?;
+        let input = valid.input;
+        out.push(Deployment {
+            deployment_id: input.deployment_id.unwrap_or_else(|| format!("{}-{index}", input.model_name)),
+            model_name: input.model_name,
+            named_credential_id: input.named_credential_id,
+            deltallm_params: input.deltallm_params,
+            model_info: input.model_info,
+            created_at: now + chrono::Duration::milliseconds(index as i64),
+            updated_at: now,
+        });
+    }
+    Ok(out)
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Invalid configuration (message names the entry).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Stored secrets cannot be opened with the configured salt key.
+    #[error("{0}")]
+    Keys(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Storage(#[from] deltallm_storage::Error),
+    /// The upstream client could not be created.
+    #[error("upstream client: {0}")]
+    Client(String),
+}
+
+impl Gateway {
+    /// Start: check keys, bootstrap config deployments (CFG-4), build the first
+    /// registry, start the spend writer. Must run inside a tokio runtime.
+    pub async fn start(store: Store, settings: GatewaySettings) -> Result<Self, StartError> {
+        let unreadable = store.unreadable_secrets().await?;
+        if !unreadable.is_empty() {
+            let detail: Vec<String> = unreadable
+                .iter()
+                .map(|u| format!("key id '{}' ({} record{})", u.key_id, u.records, if u.records == 1 { "" } else { "s" }))
+                .collect();
+            return Err(StartError::Keys(format!(
+                "stored secrets were encrypted with a salt key that is not configured: {}; the configured key id is '{}'. Set DELTALLM_SALT_KEY to the key that encrypted them (or add it to DELTALLM_PREVIOUS_SALT_KEYS while rotating)",
+                detail.join(", "),
+                store.key_ring().current_id()
+            )));
+        }
+        let from_config = config_deployments(&settings).map_err(StartError::Config)?;
+        if settings.deployment_source != DeploymentSource::ConfigOnly && settings.bootstrap_from_config && !from_config.is_empty() {
+            match store.count_deployments().await {
+                Ok(0) => {
+                    let n = store.insert_missing_deployments(&from_config).await?;
+                    tracing::info!(inserted = n, "bootstrapped deployments from config model_list");
+                }
+                Ok(_) => {}
+                Err(e) if settings.deployment_source == DeploymentSource::Hybrid => {
+                    tracing::warn!(error = %e, "database unavailable for bootstrap; using config deployments");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let providers = Providers::new(&HttpSettings {
+            connect_timeout: settings.upstream_connect_timeout,
+            read_timeout: settings.upstream_read_timeout,
+            pool_max_idle_per_host: settings.upstream_pool_max_idle_per_host,
+        })
+        .map_err(|e| StartError::Client(e.to_string()))?;
+        let spend = SpendQueue::start(store.clone(), settings.spend_queue_capacity);
+        let cooldown = CooldownPolicy::from_settings(&settings.router);
+        let gateway = Gateway {
+            inner: Arc::new(Inner {
+                store,
+                settings,
+                registry: ArcSwap::from_pointee(Registry::default()),
+                providers,
+                spend,
+                cooldown,
+                write_lock: tokio::sync::Mutex::new(()),
+            }),
+        };
+        gateway.rebuild_registry().await?;
+        Ok(gateway)
+    }
+
+    /// The current registry snapshot. Load once per request and keep it.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.inner.registry.load_full()
+    }
+
+    /// Settings in force.
+    pub fn settings(&self) -> &GatewaySettings {
+        &self.inner.settings
+    }
+
+    /// The store (admin services, embedders).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The shared upstream client.
+    pub fn providers(&self) -> &Providers {
+        &self.inner.providers
+    }
+
+    /// Spend records dropped because the queue was full.
+    pub fn spend_dropped(&self) -> u64 {
+        self.inner.spend.dropped()
+    }
+
+    /// Wait until queued spend records are written (shutdown, tests).
+    pub async fn flush_spend(&self) {
+        self.inner.spend.flush().await;
+    }
+
+    /// Reload deployments and credentials from the source and publish a new
+    /// snapshot. In-flight requests keep the snapshot they loaded.
+    pub async fn rebuild_registry(&self) -> Result<(), deltallm_storage::Error> {
+        let inner = &self.inner;
+        let deployments = match inner.settings.deployment_source {
+            DeploymentSource::ConfigOnly => config_deployments(&inner.settings).unwrap_or_default(),
+            DeploymentSource::DbOnly => inner.store.all_deployments().await?,
+            DeploymentSource::Hybrid => match inner.store.all_deployments().await {
+                Ok(rows) if !rows.is_empty() => rows,
+                Ok(_) => config_deployments(&inner.settings).unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "database unavailable; serving config deployments");
+                    config_deployments(&inner.settings).unwrap_or_default()
+                }
+            },
+        };
+        let credentials = inner.store.all_credentials().await?;
+        let previous = inner.registry.load();
+        let next = registry::build(deployments, &credentials, &inner.settings, Some(&previous));
+        tracing::info!(targets = next.entries.len(), deployments = next.deployments.len(), "registry rebuilt");
+        inner.registry.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Check the master key (constant time). `Err` carries the API error.
+    pub fn check_master_key(&self, presented: Option<&str>) -> Result<()> {
+        use deltallm_domain::ApiErrorKind;
+        let Some(presented) = presented.filter(|p| !p.is_empty()) else {
+            return Err(Error::new(ApiErrorKind::Authentication, "Authentication required"));
+        };
+        let Some(master) = &self.inner.settings.master_key else {
+            return Err(Error::new(ApiErrorKind::ServiceUnavailable, "No master key is configured"));
+        };
+        if deltallm_secrets::constant_time_eq(presented, master.expose()) {
+            Ok(())
+        } else {
+            Err(Error::new(ApiErrorKind::Authentication, "Invalid master key"))
+        }
+    }
+}

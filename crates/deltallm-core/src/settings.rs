@@ -1,0 +1,76 @@
+//! Settings the embedding application hands to the core. The core never reads
+//! the environment or files: the bootstrap crate (or an embedder) fills these.
+
+use std::time::Duration;
+
+use deltallm_domain::SecretString;
+use deltallm_domain::deployment::DeploymentInput;
+use deltallm_domain::settings::RouterSettings;
+use serde::Deserialize;
+
+/// Where the runtime registry takes deployments from (CFG-4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentSource {
+    /// Config file only.
+    ConfigOnly,
+    /// Database if it has rows, else config (also on database errors).
+    #[default]
+    Hybrid,
+    /// Database only.
+    DbOnly,
+}
+
+/// Everything the gateway core needs at start.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Admin and `/v1` master key.
+    pub master_key: Option<SecretString>,
+    /// `router_settings`.
+    pub router: RouterSettings,
+    /// DEP-9 fallback key for `openai` deployments without one.
+    pub openai_api_key: Option<SecretString>,
+    /// DEP-9 fallback base URL.
+    pub openai_base_url: String,
+    /// Deployment source.
+    pub deployment_source: DeploymentSource,
+    /// Insert `model_list` into an empty table at start.
+    pub bootstrap_from_config: bool,
+    /// `model_list` entries from the config file (already secret-resolved).
+    pub config_model_list: Vec<DeploymentInput>,
+    /// Upstream connect timeout.
+    pub upstream_connect_timeout: Duration,
+    /// Upstream read timeout when a deployment sets none.
+    pub upstream_read_timeout: Duration,
+    /// Idle pooled connections kept per upstream host.
+    pub upstream_pool_max_idle_per_host: usize,
+    /// Largest accepted request body.
+    pub max_request_body_bytes: usize,
+    /// Spend queue capacity; records beyond it are dropped and counted.
+    pub spend_queue_capacity: usize,
+    /// Run background health checks.
+    pub background_health_checks: bool,
+    /// Interval of background health checks.
+    pub health_check_interval: Duration,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            master_key: None,
+            router: RouterSettings::default(),
+            openai_api_key: None,
+            openai_base_url: "https://api.openai.com/v1".into(),
+            deployment_source: DeploymentSource::Hybrid,
+            bootstrap_from_config: true,
+            config_model_list: Vec::new(),
+            upstream_connect_timeout: Duration::from_secs(10),
+            upstream_read_timeout: Duration::from_secs(300),
+            upstream_pool_max_idle_per_host: 256,
+            max_request_body_bytes: 10 * 1024 * 1024,
+            spend_queue_capacity: 10_000,
+            background_health_checks: false,
+            health_check_interval: Duration::from_secs(300),
+        }
+    }
+}

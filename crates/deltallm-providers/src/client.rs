@@ -1,0 +1,330 @@
+//! The shared HTTP client and one upstream attempt per call: build the
+//! request for the connection's wire family, send it under the attempt
+//! deadline, and map the outcome to a [`Reply`] or a classified [`Error`].
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use deltallm_domain::provider::WireFamily;
+use futures_util::StreamExt;
+use http::header::CONTENT_TYPE;
+use reqwest::multipart::{Form, Part};
+
+use crate::anthropic::{self, AnthropicSse};
+use crate::body::RequestBody;
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::operation::Operation;
+use crate::sse::{ChatStream, OpenAiSse};
+use crate::usage::{self, Usage};
+use crate::{gemini, openai};
+
+/// Upstream HTTP settings (RUN-17).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Read timeout used when a deployment sets no `timeout`: the whole
+    /// exchange for JSON calls, the gap between chunks for streams.
+    pub read_timeout: Duration,
+    /// Idle pooled connections kept per upstream host.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(300),
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+/// The provider adapters over one shared connection pool. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Providers {
+    client: reqwest::Client,
+    read_timeout: Duration,
+}
+
+/// What a successful upstream call returned, already in OpenAI shape.
+#[derive(Debug)]
+pub enum Reply {
+    /// Non-streaming JSON and the usage parsed from it.
+    Json {
+        /// Response body.
+        body: Bytes,
+        /// The body's `usage`, if any.
+        usage: Option<Usage>,
+    },
+    /// A non-JSON body (speech audio, text transcripts).
+    Binary {
+        /// Upstream `Content-Type`.
+        content_type: String,
+        /// Response body.
+        body: Bytes,
+    },
+    /// Chat-completion chunk payloads, forwarded as they arrive.
+    Stream(ChatStream),
+}
+
+/// A successful health probe (RUN-22).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// Upstream status (`None` for the credential-only Bedrock check).
+    pub status: Option<u16>,
+    /// How long the probe took.
+    pub latency: Duration,
+    /// Human-readable outcome.
+    pub message: String,
+}
+
+/// One field of a multipart transcription form, as received from the client.
+#[derive(Debug, Clone)]
+pub struct FormField {
+    /// Field name (`file`, `model`, `language`, ...).
+    pub name: String,
+    /// Field value.
+    pub value: FormValue,
+}
+
+/// A multipart field value.
+#[derive(Debug, Clone)]
+pub enum FormValue {
+    /// A text field.
+    Text(String),
+    /// A file field.
+    File {
+        /// Client file name.
+        file_name: Option<String>,
+        /// Client content type.
+        content_type: Option<String>,
+        /// File bytes.
+        data: Bytes,
+    },
+}
+
+/// Which response translation a request needs.
+#[derive(Clone, Copy)]
+enum Wire {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+impl Providers {
+    /// Build the shared client.
+    pub fn new(settings: &HttpSettings) -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            // Provider APIs do not redirect; following one would send the
+            // provider key (custom headers are not stripped) to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("deltallm/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(Error::from_reqwest)?;
+        Ok(Self { client, read_timeout: settings.read_timeout })
+    }
+
+    /// One upstream attempt for a JSON endpoint. `deadline` bounds the whole
+    /// attempt for JSON replies and the wait for response headers for streams.
+    pub async fn call(
+        &self,
+        conn: &Connection,
+        op: Operation,
+        body: &RequestBody<'_>,
+        deadline: Option<Duration>,
+    ) -> Result<Reply> {
+        let stream = body.stream() && op.is_chat_family();
+        let (wire, payload) = prepare(conn, op, body, stream)?;
+        let url = conn.url(op).ok_or_else(|| unsupported(conn, op))?;
+        let request = conn
+            .authorize(self.client.post(url.clone()))?
+            .header(CONTENT_TYPE, "application/json")
+            .body(payload);
+        if stream {
+            return self.stream(conn, request, wire, deadline).await;
+        }
+        let (content_type, bytes) = self.unary(conn, request, deadline).await?;
+        match wire {
+            Wire::OpenAi if op == Operation::AudioSpeech => Ok(Reply::Binary { content_type, body: bytes }),
+            Wire::OpenAi => Ok(Reply::Json { usage: openai::response_usage(op, &bytes), body: bytes }),
+            Wire::Anthropic => anthropic::response(conn, &bytes).map(|(body, u)| Reply::Json { body, usage: Some(u) }),
+            Wire::Gemini => gemini::response(conn, &bytes).map(|(body, u)| Reply::Json { body, usage: Some(u) }),
+        }
+    }
+
+    /// Multipart transcription: the client's form fields are passed through
+    /// with `model` replaced by the upstream id and `metadata` dropped.
+    pub async fn transcribe(&self, conn: &Connection, fields: Vec<FormField>, deadline: Option<Duration>) -> Result<Reply> {
+        let op = Operation::AudioTranscription;
+        match conn.family() {
+            WireFamily::OpenAiCompatible | WireFamily::Azure => {}
+            WireFamily::Bedrock => return Err(bedrock_unsupported()),
+            WireFamily::Anthropic | WireFamily::Gemini => return Err(unsupported(conn, op)),
+        }
+        let url = conn.url(op).ok_or_else(|| unsupported(conn, op))?;
+        let mut form = Form::new().text("model", conn.upstream_model().to_owned());
+        for field in fields {
+            if matches!(field.name.as_str(), "model" | "metadata") {
+                continue;
+            }
+            let part = match field.value {
+                FormValue::Text(text) => Part::text(text),
+                FormValue::File { file_name, content_type, data } => {
+                    let len = data.len() as u64;
+                    let mut part = Part::stream_with_length(reqwest::Body::from(data), len);
+                    if let Some(name) = file_name {
+                        part = part.file_name(name);
+                    }
+                    if let Some(ct) = content_type {
+                        part = part
+                            .mime_str(&ct)
+                            .map_err(|_| Error::invalid(format!("Invalid content type '{ct}' for field '{}'", field.name)))?;
+                    }
+                    part
+                }
+            };
+            form = form.part(field.name, part);
+        }
+        let request = conn.authorize(self.client.post(url.clone()))?.multipart(form);
+        let (content_type, bytes) = self.unary(conn, request, deadline).await?;
+        if is_json(&content_type) {
+            Ok(Reply::Json { usage: usage::from_body(&bytes), body: bytes })
+        } else {
+            Ok(Reply::Binary { content_type, body: bytes })
+        }
+    }
+
+    /// RUN-22 health probe: `GET {api_base}/models` with provider auth, which
+    /// never bills tokens. Bedrock is healthy iff its credentials and region
+    /// are configured. Any `Err` means unhealthy; an upstream status ≥ 400
+    /// yields `<provider> health check returned <status>`.
+    pub async fn probe(&self, conn: &Connection, deadline: Duration) -> Result<Probe> {
+        let started = Instant::now();
+        if conn.family() == WireFamily::Bedrock {
+            return if conn.bedrock_ready() {
+                Ok(Probe { status: None, latency: started.elapsed(), message: "bedrock credentials configured".to_owned() })
+            } else {
+                Err(Error::invalid("bedrock health check requires aws_access_key_id, aws_secret_access_key and region"))
+            };
+        }
+        let url = conn.models_url().ok_or_else(|| Error::invalid(format!("No health check for provider '{}'", conn.provider())))?;
+        let request = conn.authorize(self.client.get(url.clone()))?.timeout(deadline);
+        let provider = conn.provider();
+        with_deadline(Some(deadline), async move {
+            let response = request.send().await.map_err(Error::from_reqwest)?;
+            let status = response.status().as_u16();
+            let message = format!("{provider} health check returned {status}");
+            if status >= 400 {
+                let headers = response.headers().clone();
+                let body = response.bytes().await.unwrap_or_default();
+                let mut err = Error::from_response(status, &headers, &body);
+                err.message = message;
+                return Err(err);
+            }
+            Ok(Probe { status: Some(status), latency: started.elapsed(), message })
+        })
+        .await
+    }
+
+    /// Send and read the whole body. Non-2xx → classified error.
+    async fn unary(&self, conn: &Connection, request: reqwest::RequestBuilder, deadline: Option<Duration>) -> Result<(String, Bytes)> {
+        let request = request.timeout(conn.read_timeout().unwrap_or(self.read_timeout));
+        with_deadline(deadline, async move {
+            let response = request.send().await.map_err(Error::from_reqwest)?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(error_response(response).await);
+            }
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            let bytes = response.bytes().await.map_err(Error::from_reqwest)?;
+            Ok((content_type, bytes))
+        })
+        .await
+    }
+
+    /// Send, wait for the headers under the deadline, then hand the body to
+    /// the SSE translator.
+    async fn stream(
+        &self,
+        conn: &Connection,
+        request: reqwest::RequestBuilder,
+        wire: Wire,
+        deadline: Option<Duration>,
+    ) -> Result<Reply> {
+        let response = with_deadline(deadline, async move {
+            let response = request.send().await.map_err(Error::from_reqwest)?;
+            if !response.status().is_success() {
+                return Err(error_response(response).await);
+            }
+            Ok(response)
+        })
+        .await?;
+        let idle = conn.read_timeout().unwrap_or(self.read_timeout);
+        let body = response.bytes_stream().boxed();
+        let stream = match wire {
+            Wire::Anthropic => ChatStream::new(body, AnthropicSse::new(conn), idle),
+            Wire::OpenAi | Wire::Gemini => ChatStream::new(body, OpenAiSse::default(), idle),
+        };
+        Ok(Reply::Stream(stream))
+    }
+}
+
+/// Pick the wire translation and build the upstream body.
+fn prepare(conn: &Connection, op: Operation, body: &RequestBody<'_>, stream: bool) -> Result<(Wire, Vec<u8>)> {
+    match conn.family() {
+        WireFamily::Bedrock => Err(bedrock_unsupported()),
+        WireFamily::OpenAiCompatible if op.is_chat_family() && !conn.is_known_provider() => {
+            Err(Error::invalid(format!("Unsupported provider '{}' for chat endpoint", conn.provider())))
+        }
+        WireFamily::OpenAiCompatible | WireFamily::Azure => Ok((Wire::OpenAi, openai::request_body(conn, body))),
+        WireFamily::Anthropic if op == Operation::Chat => Ok((Wire::Anthropic, anthropic::request_body(conn, body)?)),
+        WireFamily::Gemini if op == Operation::Chat && stream => {
+            Err(Error::invalid("Streaming is not supported for provider 'gemini'"))
+        }
+        WireFamily::Gemini if op == Operation::Chat => Ok((Wire::Gemini, gemini::request_body(conn, body)?)),
+        WireFamily::Anthropic | WireFamily::Gemini => Err(unsupported(conn, op)),
+    }
+}
+
+fn unsupported(conn: &Connection, op: Operation) -> Error {
+    Error::invalid(format!("Provider '{}' does not support the /{} endpoint", conn.provider(), op.path()))
+}
+
+fn bedrock_unsupported() -> Error {
+    Error::invalid("Bedrock is not supported yet")
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json") || essence.ends_with("+json")
+}
+
+async fn error_response(response: reqwest::Response) -> Error {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    match response.bytes().await {
+        Ok(body) => Error::from_response(status, &headers, &body),
+        // The status alone still classifies the failure.
+        Err(_) => Error::from_response(status, &headers, b""),
+    }
+}
+
+/// The attempt deadline (RUN-17); elapsing it is a health-affecting timeout.
+async fn with_deadline<T>(deadline: Option<Duration>, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    match deadline {
+        None => fut.await,
+        Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+            Err(Error::timeout(format!("Upstream did not answer within the {:.3} s attempt deadline", limit.as_secs_f64())))
+        }),
+    }
+}

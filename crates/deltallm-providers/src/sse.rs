@@ -1,0 +1,352 @@
+//! Server-sent events from the upstream, re-emitted as OpenAI chunk payloads.
+//!
+//! The byte stream is split into lines incrementally; a line that arrives
+//! whole inside one network chunk is a zero-copy slice of it. Each payload is
+//! yielded as soon as its line is complete. The stream owns the reqwest
+//! response, so dropping it cancels the upstream request.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+
+use crate::error::{Error, Result};
+use crate::usage::{self, Usage};
+
+/// Splits a byte stream into lines (`\n` or `\r\n`), across chunk borders.
+#[derive(Default)]
+pub(crate) struct LineSplitter {
+    /// Start of a line whose end has not arrived yet.
+    partial: BytesMut,
+    /// Unconsumed rest of the current network chunk.
+    chunk: Bytes,
+}
+
+impl LineSplitter {
+    pub(crate) fn push(&mut self, chunk: Bytes) {
+        if !self.chunk.is_empty() {
+            // Only happens if the caller pushes before draining; keep order.
+            self.partial.extend_from_slice(&self.chunk);
+        }
+        self.chunk = chunk;
+    }
+
+    /// The next complete line without its terminator.
+    pub(crate) fn next_line(&mut self) -> Option<Bytes> {
+        match self.chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let piece = self.chunk.split_to(i + 1);
+                let line = if self.partial.is_empty() {
+                    piece
+                } else {
+                    self.partial.extend_from_slice(&piece);
+                    self.partial.split().freeze()
+                };
+                Some(trim_eol(line))
+            }
+            None => {
+                if !self.chunk.is_empty() {
+                    self.partial.extend_from_slice(&self.chunk);
+                    self.chunk = Bytes::new();
+                }
+                None
+            }
+        }
+    }
+
+    /// At end of input: a last line that had no terminator.
+    pub(crate) fn finish(&mut self) -> Option<Bytes> {
+        if !self.chunk.is_empty() {
+            self.partial.extend_from_slice(&self.chunk);
+            self.chunk = Bytes::new();
+        }
+        (!self.partial.is_empty()).then(|| trim_eol(self.partial.split().freeze()))
+    }
+}
+
+fn trim_eol(mut line: Bytes) -> Bytes {
+    if line.last() == Some(&b'\n') {
+        line.truncate(line.len() - 1);
+    }
+    if line.last() == Some(&b'\r') {
+        line.truncate(line.len() - 1);
+    }
+    line
+}
+
+/// One SSE line, classified.
+pub(crate) enum Field {
+    /// `data:` payload (one leading space removed), sliced from the line.
+    Data(Bytes),
+    /// Blank line, comment, `event:`, `id:`, `retry:` or anything else.
+    /// Event names are not needed: OpenAI sends none and Anthropic repeats
+    /// the event type inside the data.
+    Other,
+}
+
+pub(crate) fn field(line: &Bytes) -> Field {
+    const PREFIX: &[u8] = b"data:";
+    if line.starts_with(PREFIX) {
+        let start = PREFIX.len() + usize::from(line.get(PREFIX.len()) == Some(&b' '));
+        Field::Data(line.slice(start..))
+    } else {
+        Field::Other
+    }
+}
+
+/// What a translator makes of one line.
+pub(crate) enum Step {
+    /// Nothing to forward.
+    Skip,
+    /// Forward this OpenAI chunk payload.
+    Emit(Bytes),
+    /// The upstream's terminal marker: end the stream successfully.
+    Done,
+    /// The upstream reported an error inside the stream.
+    Fail(Error),
+}
+
+/// Turns upstream SSE lines into OpenAI chunk payloads.
+pub(crate) trait Translate: Send + 'static {
+    fn line(&mut self, line: Bytes) -> Step;
+    /// Usage seen so far (the last one reported wins).
+    fn usage(&self) -> Option<Usage>;
+}
+
+/// OpenAI-compatible upstreams already send chunk payloads: forward `data:`
+/// lines verbatim and watch for `[DONE]`, in-stream errors and usage.
+#[derive(Default)]
+pub(crate) struct OpenAiSse {
+    usage: Option<Usage>,
+}
+
+impl Translate for OpenAiSse {
+    fn line(&mut self, line: Bytes) -> Step {
+        let Field::Data(payload) = field(&line) else {
+            return Step::Skip;
+        };
+        let trimmed = payload.trim_ascii();
+        if trimmed == b"[DONE]" {
+            return Step::Done;
+        }
+        if trimmed.is_empty() {
+            return Step::Skip;
+        }
+        if trimmed.starts_with(b"{\"error\"") {
+            return Step::Fail(stream_error(trimmed));
+        }
+        if usage::mentions_usage(&payload)
+            && let Some(u) = usage::from_body(&payload)
+        {
+            self.usage = Some(u);
+        }
+        Step::Emit(payload)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage.clone()
+    }
+}
+
+/// An `{"error": ...}` payload sent mid-stream. No status line exists any
+/// more, so it is classified as a 5xx-like upstream failure unless its text
+/// says otherwise.
+pub(crate) fn stream_error(payload: &[u8]) -> Error {
+    let mut err = Error::from_response(500, &http::HeaderMap::new(), payload);
+    err.status = None;
+    err
+}
+
+/// Usage of a finished stream, readable after the stream ends or is dropped.
+#[derive(Debug, Clone, Default)]
+pub struct StreamUsage(Arc<OnceLock<Option<Usage>>>);
+
+impl StreamUsage {
+    /// The last usage the upstream reported; `None` while the stream is
+    /// still running or if the upstream never reported usage.
+    pub fn get(&self) -> Option<Usage> {
+        self.0.get().cloned().flatten()
+    }
+
+    /// Has the stream finished (completed, failed or been dropped)?
+    pub fn is_final(&self) -> bool {
+        self.0.get().is_some()
+    }
+
+    fn set(&self, usage: Option<Usage>) {
+        // First writer wins: the end of the stream or its drop, whichever is first.
+        let _ = self.0.set(usage);
+    }
+}
+
+/// A stream of OpenAI `chat.completion.chunk` payloads (without `data: `
+/// framing). It yields `Err` and ends if the upstream fails or closes before
+/// its terminal marker.
+pub struct ChatStream {
+    inner: BoxStream<'static, Result<Bytes>>,
+    usage: StreamUsage,
+}
+
+impl ChatStream {
+    /// A handle to read usage once the stream has ended.
+    pub fn usage(&self) -> StreamUsage {
+        self.usage.clone()
+    }
+
+    pub(crate) fn new<T: Translate>(
+        body: BoxStream<'static, reqwest::Result<Bytes>>,
+        translator: T,
+        idle_timeout: Duration,
+    ) -> Self {
+        let usage = StreamUsage::default();
+        let state = State { body, translator, splitter: LineSplitter::default(), idle_timeout, done: false, usage: usage.clone() };
+        Self { inner: futures_util::stream::unfold(state, State::next).boxed(), usage }
+    }
+}
+
+impl std::fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatStream").field("usage", &self.usage).finish_non_exhaustive()
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+struct State<T: Translate> {
+    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    translator: T,
+    splitter: LineSplitter,
+    /// RUN-17 read timeout, applied to the gap between network chunks so a
+    /// long but live stream is never cut.
+    idle_timeout: Duration,
+    done: bool,
+    usage: StreamUsage,
+}
+
+impl<T: Translate> Drop for State<T> {
+    fn drop(&mut self) {
+        self.usage.set(self.translator.usage());
+    }
+}
+
+impl<T: Translate> State<T> {
+    async fn next(mut self) -> Option<(Result<Bytes>, Self)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if let Some(line) = self.splitter.next_line() {
+                match self.translator.line(line) {
+                    Step::Skip => continue,
+                    Step::Emit(payload) => return Some((Ok(payload), self)),
+                    Step::Done => {
+                        self.finish();
+                        return None;
+                    }
+                    Step::Fail(err) => return Some((Err(err), self.failed())),
+                }
+            }
+            match tokio::time::timeout(self.idle_timeout, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.splitter.push(chunk),
+                Ok(Some(Err(err))) => return Some((Err(Error::from_reqwest(err)), self.failed())),
+                Ok(None) => {
+                    // A final line without a terminator may still be the marker.
+                    if let Some(line) = self.splitter.finish() {
+                        match self.translator.line(line) {
+                            Step::Done => {
+                                self.finish();
+                                return None;
+                            }
+                            Step::Emit(payload) => return Some((Ok(payload), self)),
+                            Step::Fail(err) => return Some((Err(err), self.failed())),
+                            Step::Skip => {}
+                        }
+                    }
+                    let err = Error::transport("upstream stream ended before completion");
+                    return Some((Err(err), self.failed()));
+                }
+                Err(_) => {
+                    let err = Error::timeout(format!(
+                        "upstream stream sent nothing for {} s",
+                        self.idle_timeout.as_secs_f64()
+                    ));
+                    return Some((Err(err), self.failed()));
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.usage.set(self.translator.usage());
+    }
+
+    fn failed(mut self) -> Self {
+        self.finish();
+        // Release the upstream connection now rather than when the consumer
+        // gets around to dropping the stream.
+        self.body = futures_util::stream::empty().boxed();
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(splitter: &mut LineSplitter) -> Vec<String> {
+        std::iter::from_fn(|| splitter.next_line()).map(|l| String::from_utf8(l.to_vec()).unwrap()).collect()
+    }
+
+    #[test]
+    fn splits_across_chunks_and_crlf() {
+        let mut s = LineSplitter::default();
+        s.push(Bytes::from_static(b"data: a\r\n\r\nda"));
+        assert_eq!(lines(&mut s), ["data: a", ""]);
+        s.push(Bytes::from_static(b"ta: b"));
+        assert!(lines(&mut s).is_empty());
+        s.push(Bytes::from_static(b"c\n: comment\ndata: [DONE]"));
+        assert_eq!(lines(&mut s), ["data: bc", ": comment"]);
+        assert_eq!(s.finish().as_deref(), Some(&b"data: [DONE]"[..]));
+        assert!(s.finish().is_none());
+    }
+
+    #[test]
+    fn whole_lines_are_slices_of_the_chunk() {
+        let chunk = Bytes::from_static(b"data: {\"x\":1}\n");
+        let mut s = LineSplitter::default();
+        s.push(chunk.clone());
+        let line = s.next_line().unwrap();
+        let Field::Data(payload) = field(&line) else { panic!("not data") };
+        assert_eq!(&payload[..], b"{\"x\":1}");
+        // Same allocation: the payload points into the network chunk.
+        assert_eq!(payload.as_ptr(), chunk[6..].as_ptr());
+    }
+
+    #[test]
+    fn openai_translator_forwards_data_only() {
+        let mut t = OpenAiSse::default();
+        assert!(matches!(t.line(Bytes::from_static(b": keepalive")), Step::Skip));
+        assert!(matches!(t.line(Bytes::from_static(b"event: message")), Step::Skip));
+        assert!(matches!(t.line(Bytes::from_static(b"")), Step::Skip));
+        let Step::Emit(p) = t.line(Bytes::from_static(b"data:{\"a\":1}")) else { panic!("emit") };
+        assert_eq!(&p[..], b"{\"a\":1}");
+        let with_usage = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3,\"total_tokens\":5}}";
+        assert!(matches!(t.line(Bytes::from_static(with_usage)), Step::Emit(_)));
+        assert_eq!(t.usage().map(|u| u.total_tokens), Some(5));
+        assert!(matches!(t.line(Bytes::from_static(b"data: [DONE]")), Step::Done));
+        let Step::Fail(e) = t.line(Bytes::from_static(b"data: {\"error\":{\"message\":\"overloaded\"}}")) else {
+            panic!("fail")
+        };
+        assert_eq!(e.message, "overloaded");
+    }
+}
