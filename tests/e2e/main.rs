@@ -1,1 +1,5 @@
+//! End-to-end tests over real HTTP. Each area is a module; most tests run on
+//! SQLite and PostgreSQL through `on_both_backends!`.
 
+mod admin_models;
+mod validation;

@@ -28,7 +28,10 @@ impl SpendQueue {
     pub fn start(store: Store, capacity: usize) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         tokio::spawn(writer(store, rx));
-        Self { tx, dropped: Arc::new(AtomicU64::new(0)) }
+        Self {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Queue a record without waiting.

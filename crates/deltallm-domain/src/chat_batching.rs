@@ -48,8 +48,13 @@ impl ChatBatching {
     }
 }
 
-const FIELDS: [&str; 5] =
-    ["mode", "max_in_flight", "upstream_max_batch_size", "max_total_input_tokens", "require_homogeneous_params"];
+const FIELDS: [&str; 5] = [
+    "mode",
+    "max_in_flight",
+    "upstream_max_batch_size",
+    "max_total_input_tokens",
+    "require_homogeneous_params",
+];
 
 fn positive_int(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
     match obj.get(key) {
@@ -57,9 +62,13 @@ fn positive_int(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) if v >= 1 => Ok(Some(v)),
-            _ => Err(Error::invalid(format!("chat_batching.{key} must be an integer >= 1"))),
+            _ => Err(Error::invalid(format!(
+                "chat_batching.{key} must be an integer >= 1"
+            ))),
         },
-        Some(_) => Err(Error::invalid(format!("chat_batching.{key} must be an integer >= 1"))),
+        Some(_) => Err(Error::invalid(format!(
+            "chat_batching.{key} must be an integer >= 1"
+        ))),
     }
 }
 
@@ -71,7 +80,9 @@ pub fn parse(value: Option<&Value>) -> Result<Option<ChatBatching>> {
         Some(_) => return Err(Error::invalid("chat_batching must be an object or null")),
     };
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(Error::invalid(format!("chat_batching.{unknown} is not a known field")));
+        return Err(Error::invalid(format!(
+            "chat_batching.{unknown} is not a known field"
+        )));
     }
     let mode = match obj.get("mode") {
         None | Some(Value::Null) => ChatBatchingMode::Concurrent,
@@ -93,7 +104,11 @@ pub fn parse(value: Option<&Value>) -> Result<Option<ChatBatching>> {
     let require_homogeneous_params = match obj.get("require_homogeneous_params") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(Error::invalid("chat_batching.require_homogeneous_params must be a boolean")),
+        Some(_) => {
+            return Err(Error::invalid(
+                "chat_batching.require_homogeneous_params must be a boolean",
+            ));
+        }
     };
     if mode == ChatBatchingMode::SyncMicrobatch {
         if upstream_max_batch_size.is_none_or(|n| n < 2) {
@@ -134,11 +149,22 @@ mod tests {
 
     #[test]
     fn val_8_table() {
-        let ok = parse(Some(&json!({"mode": "concurrent", "max_in_flight": 4}))).unwrap().unwrap();
-        assert_eq!((ok.mode, ok.max_in_flight), (ChatBatchingMode::Concurrent, Some(4)));
-        let sync = parse(Some(&json!({"mode": "sync_microbatch", "upstream_max_batch_size": 8}))).unwrap().unwrap();
+        let ok = parse(Some(&json!({"mode": "concurrent", "max_in_flight": 4})))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (ok.mode, ok.max_in_flight),
+            (ChatBatchingMode::Concurrent, Some(4))
+        );
+        let sync = parse(Some(
+            &json!({"mode": "sync_microbatch", "upstream_max_batch_size": 8}),
+        ))
+        .unwrap()
+        .unwrap();
         assert_eq!(sync.upstream_max_batch_size, Some(8));
-        let blank = parse(Some(&json!({"mode": "concurrent", "max_in_flight": ""}))).unwrap().unwrap();
+        let blank = parse(Some(&json!({"mode": "concurrent", "max_in_flight": ""})))
+            .unwrap()
+            .unwrap();
         assert_eq!(blank.max_in_flight, None);
 
         assert!(err(json!({"mode": "native_async_batch"})).contains("not supported"));
@@ -148,9 +174,14 @@ mod tests {
         assert!(err(json!({"max_in_flight": 1.5})).contains("chat_batching.max_in_flight"));
         assert!(err(json!({"max_total_input_tokens": 0})).contains("max_total_input_tokens"));
         // EDGE-3: sync with size 1 names the field; absent size fails too.
-        assert!(err(json!({"mode": "sync_microbatch", "upstream_max_batch_size": 1}))
-            .contains("chat_batching.upstream_max_batch_size"));
-        assert!(err(json!({"mode": "sync_microbatch"})).contains("chat_batching.upstream_max_batch_size"));
+        assert!(
+            err(json!({"mode": "sync_microbatch", "upstream_max_batch_size": 1}))
+                .contains("chat_batching.upstream_max_batch_size")
+        );
+        assert!(
+            err(json!({"mode": "sync_microbatch"}))
+                .contains("chat_batching.upstream_max_batch_size")
+        );
         assert!(err(json!({"mode": "sync_microbatch", "upstream_max_batch_size": 4, "require_homogeneous_params": false}))
             .contains("require_homogeneous_params"));
         assert!(err(json!("concurrent")).contains("object"));
@@ -159,7 +190,9 @@ mod tests {
 
     #[test]
     fn disabled_ignores_stored_numerics() {
-        let d = parse(Some(&json!({"mode": "disabled", "max_in_flight": 9}))).unwrap().unwrap();
+        let d = parse(Some(&json!({"mode": "disabled", "max_in_flight": 9})))
+            .unwrap()
+            .unwrap();
         assert_eq!(d.effective_max_in_flight(), None);
     }
 }

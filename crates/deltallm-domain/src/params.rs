@@ -35,7 +35,10 @@ pub fn split_secrets(map: &Map<String, Value>) -> (Map<String, Value>, Map<Strin
 
 /// Non-empty string value of a key, trimmed.
 pub fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    map.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
+    map.get(key)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 /// Optional integer field (VAL-10): absent/null → None; must be an integer
@@ -44,7 +47,11 @@ pub fn int_field(map: &Map<String, Value>, key: &str, path: &str, min: i64) -> R
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => {
-            let v = n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64));
+            let v = n.as_i64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                    .map(|f| f as i64)
+            });
             match v {
                 Some(v) if v >= min => Ok(Some(v)),
                 Some(_) => Err(Error::invalid(format!("{path} must be >= {min}"))),
@@ -56,7 +63,12 @@ pub fn int_field(map: &Map<String, Value>, key: &str, path: &str, min: i64) -> R
 }
 
 /// Optional number field (VAL-10): absent/null → None; must be a finite number ≥ `min`.
-pub fn number_field(map: &Map<String, Value>, key: &str, path: &str, min: f64) -> Result<Option<f64>> {
+pub fn number_field(
+    map: &Map<String, Value>,
+    key: &str,
+    path: &str,
+    min: f64,
+) -> Result<Option<f64>> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
@@ -68,7 +80,11 @@ pub fn number_field(map: &Map<String, Value>, key: &str, path: &str, min: f64) -
 }
 
 /// Optional string field: absent/null → None; otherwise must be a string.
-pub fn string_field<'a>(map: &'a Map<String, Value>, key: &str, path: &str) -> Result<Option<&'a str>> {
+pub fn string_field<'a>(
+    map: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<&'a str>> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
@@ -86,8 +102,14 @@ mod tests {
     fn secrets_split_off() {
         let m = json!({"api_key": "k", "api_base": "b", "aws_secret_access_key": "s", "model": "m", "max_tokens": 3});
         let (public, secret) = split_secrets(m.as_object().unwrap());
-        assert_eq!(Value::Object(public), json!({"api_base": "b", "model": "m", "max_tokens": 3}));
-        assert_eq!(Value::Object(secret), json!({"api_key": "k", "aws_secret_access_key": "s"}));
+        assert_eq!(
+            Value::Object(public),
+            json!({"api_base": "b", "model": "m", "max_tokens": 3})
+        );
+        assert_eq!(
+            Value::Object(secret),
+            json!({"api_key": "k", "aws_secret_access_key": "s"})
+        );
     }
 
     #[test]

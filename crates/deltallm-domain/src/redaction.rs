@@ -91,10 +91,34 @@ mod tests {
 
     #[test]
     fn cred_7_keys() {
-        for k in ["api_key", "API_KEY", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "db_password", "client_secret", "refresh_token", "private_key", "key"] {
+        for k in [
+            "api_key",
+            "API_KEY",
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "aws_session_token",
+            "db_password",
+            "client_secret",
+            "refresh_token",
+            "private_key",
+            "key",
+        ] {
             assert!(is_secret_key(k), "{k}");
         }
-        for k in ["api_base", "api_version", "auth_header_format", "auth_header_name", "region", "provider", "max_tokens", "max_total_input_tokens", "total_tokens", "model", "keyboard", "timeout"] {
+        for k in [
+            "api_base",
+            "api_version",
+            "auth_header_format",
+            "auth_header_name",
+            "region",
+            "provider",
+            "max_tokens",
+            "max_total_input_tokens",
+            "total_tokens",
+            "model",
+            "keyboard",
+            "timeout",
+        ] {
             assert!(!is_secret_key(k), "{k}");
         }
     }

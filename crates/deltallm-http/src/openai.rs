@@ -12,11 +12,16 @@ use crate::auth::presented_key;
 use crate::error::ProxyError;
 
 pub fn routes() -> Router<Gateway> {
-    Router::new().route("/v1/models", get(list_models)).route("/models", get(list_models))
+    Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/models", get(list_models))
 }
 
 /// RUN-2: callable targets visible to the caller, sorted.
-async fn list_models(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ProxyError> {
+async fn list_models(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+) -> Result<Response, ProxyError> {
     gw.check_master_key(presented_key(&headers))?;
     let registry = gw.registry();
     let created = registry.built_at;

@@ -2,7 +2,9 @@
 
 use deltallm_domain::credential::NamedCredential;
 use deltallm_domain::params::split_secrets;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+};
 use serde_json::Value;
 
 use crate::entity::{deployment, named_credential as row};
@@ -16,7 +18,8 @@ pub(crate) fn aad(id: &str) -> Vec<u8> {
 impl Store {
     fn credential_to_row(&self, c: &NamedCredential) -> row::ActiveModel {
         let (public, secret) = split_secrets(&c.connection_config);
-        let sealed = (!secret.is_empty()).then(|| self.keys.seal_map(&secret, &aad(&c.credential_id)));
+        let sealed =
+            (!secret.is_empty()).then(|| self.keys.seal_map(&secret, &aad(&c.credential_id)));
         row::ActiveModel {
             credential_id: Set(c.credential_id.clone()),
             name: Set(c.name.clone()),
@@ -38,7 +41,8 @@ impl Store {
         }
         let metadata = match r.metadata.as_deref() {
             Some(text) => Some(
-                serde_json::from_str(text).map_err(|e| Error::Corrupt(r.credential_id.clone(), e.to_string()))?,
+                serde_json::from_str(text)
+                    .map_err(|e| Error::Corrupt(r.credential_id.clone(), e.to_string()))?,
             ),
             None => None,
         };
@@ -56,8 +60,13 @@ impl Store {
 
     /// Every credential, ordered by name.
     pub async fn all_credentials(&self) -> Result<Vec<NamedCredential>> {
-        let rows = row::Entity::find().order_by_asc(row::Column::Name).all(&self.db).await?;
-        rows.into_iter().map(|r| self.row_to_credential(r)).collect()
+        let rows = row::Entity::find()
+            .order_by_asc(row::Column::Name)
+            .all(&self.db)
+            .await?;
+        rows.into_iter()
+            .map(|r| self.row_to_credential(r))
+            .collect()
     }
 
     /// One credential by id.
@@ -70,23 +79,33 @@ impl Store {
 
     /// Insert; a taken id or name is a conflict.
     pub async fn insert_credential(&self, c: &NamedCredential) -> Result<()> {
-        match row::Entity::insert(self.credential_to_row(c)).exec(&self.db).await {
+        match row::Entity::insert(self.credential_to_row(c))
+            .exec(&self.db)
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => {
-                Err(Error::Conflict(format!("A named credential named '{}' already exists", c.name)))
-            }
+            Err(e) if is_unique_violation(&e) => Err(Error::Conflict(format!(
+                "A named credential named '{}' already exists",
+                c.name
+            ))),
             Err(e) => Err(e.into()),
         }
     }
 
     /// Replace a stored credential.
     pub async fn update_credential(&self, c: &NamedCredential) -> Result<()> {
-        match row::Entity::update(self.credential_to_row(c)).exec(&self.db).await {
+        match row::Entity::update(self.credential_to_row(c))
+            .exec(&self.db)
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(sea_orm::DbErr::RecordNotUpdated) => Err(Error::NotFound("Named credential not found".into())),
-            Err(e) if is_unique_violation(&e) => {
-                Err(Error::Conflict(format!("A named credential named '{}' already exists", c.name)))
+            Err(sea_orm::DbErr::RecordNotUpdated) => {
+                Err(Error::NotFound("Named credential not found".into()))
             }
+            Err(e) if is_unique_violation(&e) => Err(Error::Conflict(format!(
+                "A named credential named '{}' already exists",
+                c.name
+            ))),
             Err(e) => Err(e.into()),
         }
     }
@@ -101,7 +120,9 @@ impl Store {
 
     /// Delete; false when it did not exist. Linked credentials are refused by the caller (CRED-9).
     pub async fn delete_credential(&self, id: &str) -> Result<bool> {
-        let res = row::Entity::delete_by_id(id.to_owned()).exec(&self.db).await?;
+        let res = row::Entity::delete_by_id(id.to_owned())
+            .exec(&self.db)
+            .await?;
         Ok(res.rows_affected > 0)
     }
 }
