@@ -10,9 +10,11 @@ pub mod admin;
 pub mod error;
 pub mod gateway;
 pub mod pricing;
+pub mod proxy;
 pub mod registry;
 pub mod settings;
 pub mod spend;
+mod streaming;
 
 pub use error::{Error, Result};
 pub use gateway::Gateway;

@@ -100,3 +100,130 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
         }
     }
 }
+
+/// Per-request facts collected before the response is known.
+#[derive(Debug)]
+pub struct SpendContext {
+    /// Gateway request id.
+    pub request_id: String,
+    call_type: &'static str,
+    model: String,
+    stream: bool,
+    request_tags: String,
+    start_time: chrono::DateTime<chrono::Utc>,
+}
+
+impl SpendContext {
+    /// Start collecting for one request.
+    pub fn new(call_type: &'static str, model: &str, stream: bool, tags: &[&str]) -> Self {
+        Self {
+            request_id: format!("req_{}", uuid::Uuid::new_v4().simple()),
+            call_type,
+            model: model.to_owned(),
+            stream,
+            request_tags: serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()),
+            start_time: chrono::Utc::now(),
+        }
+    }
+
+    fn base(&self, started: std::time::Instant) -> SpendRecord {
+        SpendRecord {
+            request_id: self.request_id.clone(),
+            call_type: self.call_type.to_owned(),
+            model: self.model.clone(),
+            provider: "unknown".into(),
+            billing_unit: "token".into(),
+            request_tags: self.request_tags.clone(),
+            metadata: "{}".into(),
+            stream: self.stream,
+            latency_ms: started.elapsed().as_millis() as i64,
+            start_time: self.start_time,
+            end_time: chrono::Utc::now(),
+            ..SpendRecord::default()
+        }
+    }
+
+    /// A served request (SPEND-1, SPEND-3, SPEND-4).
+    pub fn success(
+        &self,
+        deployment: &crate::registry::ResolvedDeployment,
+        endpoint: crate::proxy::Endpoint,
+        units: &crate::pricing::Units,
+        route: &crate::proxy::RouteDecision,
+        started: std::time::Instant,
+    ) -> SpendRecord {
+        self.served(
+            deployment, endpoint, units, route, started, "success", 200, None,
+        )
+    }
+
+    /// A served request with an explicit outcome (streams cut or abandoned).
+    #[allow(clippy::too_many_arguments)]
+    pub fn served(
+        &self,
+        deployment: &crate::registry::ResolvedDeployment,
+        endpoint: crate::proxy::Endpoint,
+        units: &crate::pricing::Units,
+        route: &crate::proxy::RouteDecision,
+        started: std::time::Instant,
+        status: &str,
+        http_status: i32,
+        error_type: Option<&str>,
+    ) -> SpendRecord {
+        let cost = deployment.pricing.cost(endpoint.mode(), units);
+        let conn = deployment.connection.as_ref();
+        SpendRecord {
+            deployment_id: Some(deployment.record.deployment_id.clone()),
+            deployment_model: conn.map(|c| c.upstream_model().to_owned()),
+            provider: deployment.provider.clone(),
+            api_base: conn.map(|c| c.api_base().to_owned()),
+            spend: cost.usd,
+            provider_cost: cost.usd,
+            billing_unit: cost.billing_unit.to_owned(),
+            prompt_tokens: units.prompt_tokens as i64,
+            completion_tokens: units.completion_tokens as i64,
+            total_tokens: (units.prompt_tokens + units.completion_tokens) as i64,
+            prompt_tokens_cached: units.prompt_tokens_cached as i64,
+            images: units.images as i64,
+            characters: units.characters as i64,
+            audio_seconds: units.seconds,
+            unpriced_reason: cost.unpriced_reason,
+            metadata: route_metadata(route),
+            status: status.to_owned(),
+            http_status_code: http_status,
+            error_type: error_type.map(str::to_owned),
+            ..self.base(started)
+        }
+    }
+
+    /// A failed request: cost 0 (SPEND-3).
+    pub fn failure(
+        &self,
+        error: &crate::proxy::ProxyError,
+        provider: Option<String>,
+        started: std::time::Instant,
+    ) -> SpendRecord {
+        let route = error.route.as_ref();
+        SpendRecord {
+            deployment_id: route.map(|r| r.served.to_string()),
+            provider: provider.unwrap_or_else(|| "unknown".into()),
+            metadata: route.map(route_metadata).unwrap_or_else(|| "{}".into()),
+            status: "failure".into(),
+            http_status_code: i32::from(error.error.kind.status()),
+            error_type: Some(error.error.kind.openai_type().to_owned()),
+            ..self.base(started)
+        }
+    }
+}
+
+fn route_metadata(route: &crate::proxy::RouteDecision) -> String {
+    serde_json::json!({
+        "route_group": route.group.as_ref(),
+        "route_strategy": route.strategy.as_str(),
+        "selected_deployment": route.selected.as_ref(),
+        "served_deployment": route.served.as_ref(),
+        "fallback_used": route.fallback_used,
+        "attempts": route.attempts,
+    })
+    .to_string()
+}

@@ -1,20 +1,45 @@
-//! OpenAI-compatible `/v1` routes.
+//! OpenAI-compatible `/v1` routes (RUN-2, RUN-4, RUN-14, RUN-15).
+
+use std::convert::Infallible;
+use std::time::Instant;
 
 use axum::Router;
-use axum::extract::State;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
-use deltallm_core::Gateway;
-use http::HeaderMap;
+use axum::routing::{get, post};
+use deltallm_core::proxy::{
+    Endpoint, ProxyBody, ProxyError as CoreProxyError, ProxyResponse, RouteDecision,
+};
+use deltallm_core::{Error, Gateway};
+use deltallm_domain::ApiErrorKind;
+use deltallm_providers::{FormField, FormValue};
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde_json::json;
 
 use crate::auth::presented_key;
 use crate::error::ProxyError;
 
 pub fn routes() -> Router<Gateway> {
-    Router::new()
+    let mut r = Router::new()
         .route("/v1/models", get(list_models))
-        .route("/models", get(list_models))
+        .route("/models", get(list_models));
+    for (path, endpoint) in [
+        ("/chat/completions", Endpoint::ChatCompletions),
+        ("/completions", Endpoint::Completions),
+        ("/embeddings", Endpoint::Embeddings),
+        ("/images/generations", Endpoint::ImageGenerations),
+        ("/audio/speech", Endpoint::AudioSpeech),
+        ("/rerank", Endpoint::Rerank),
+    ] {
+        let handler = move |state: State<Gateway>, req: Request| proxy_json(state, endpoint, req);
+        r = r
+            .route(&format!("/v1{path}"), post(handler.clone()))
+            .route(path, post(handler));
+    }
+    r.route("/v1/audio/transcriptions", post(transcription))
+        .route("/audio/transcriptions", post(transcription))
 }
 
 /// RUN-2: callable targets visible to the caller, sorted.
@@ -31,4 +56,170 @@ async fn list_models(
         .map(|k| json!({"id": k.as_ref(), "object": "model", "created": created, "owned_by": "deltallm"}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+const ROUTE_GROUP: HeaderName = HeaderName::from_static("x-deltallm-route-group");
+const ROUTE_STRATEGY: HeaderName = HeaderName::from_static("x-deltallm-route-strategy");
+const ROUTE_DEPLOYMENT: HeaderName = HeaderName::from_static("x-deltallm-route-deployment");
+const ROUTE_FALLBACK: HeaderName = HeaderName::from_static("x-deltallm-route-fallback-used");
+const OVERHEAD: HeaderName = HeaderName::from_static("x-deltallm-overhead-us");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-deltallm-request-id");
+
+fn put(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+fn route_headers(headers: &mut HeaderMap, route: &RouteDecision, overhead_us: u128) {
+    put(headers, ROUTE_GROUP, &route.group);
+    put(headers, ROUTE_STRATEGY, route.strategy.as_str());
+    put(headers, ROUTE_DEPLOYMENT, &route.served);
+    headers.insert(
+        ROUTE_FALLBACK,
+        HeaderValue::from_static(if route.fallback_used { "true" } else { "false" }),
+    );
+    put(headers, OVERHEAD, &overhead_us.to_string());
+}
+
+fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response {
+    match result {
+        Ok(resp) => {
+            let mut out = match resp.body {
+                ProxyBody::Json(bytes) => {
+                    let mut r = Response::new(Body::from(bytes));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                ProxyBody::Binary { content_type, body } => {
+                    let mut r = Response::new(Body::from(body));
+                    put(r.headers_mut(), header::CONTENT_TYPE, &content_type);
+                    r
+                }
+                ProxyBody::Stream(stream) => {
+                    let mut r = Response::new(Body::from_stream(stream.map(Ok::<_, Infallible>)));
+                    let h = r.headers_mut();
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/event-stream"),
+                    );
+                    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                    h.insert(
+                        HeaderName::from_static("x-accel-buffering"),
+                        HeaderValue::from_static("no"),
+                    );
+                    r
+                }
+            };
+            route_headers(out.headers_mut(), &resp.route, resp.overhead.as_micros());
+            put(out.headers_mut(), REQUEST_ID, &resp.request_id);
+            out
+        }
+        Err(e) => {
+            let mut out = ProxyError(e.error).into_response();
+            match &e.route {
+                Some(route) => route_headers(out.headers_mut(), route, e.overhead.as_micros()),
+                None => put(
+                    out.headers_mut(),
+                    OVERHEAD,
+                    &e.overhead.as_micros().to_string(),
+                ),
+            }
+            out
+        }
+    }
+}
+
+fn too_large(limit: usize) -> ProxyError {
+    ProxyError(Error::new(
+        ApiErrorKind::PayloadTooLarge,
+        format!(
+            "Request body exceeds the {limit}-byte limit (general_settings.max_request_body_bytes)"
+        ),
+    ))
+}
+
+async fn proxy_json(State(gw): State<Gateway>, endpoint: Endpoint, req: Request) -> Response {
+    let started = Instant::now();
+    if let Err(e) = gw.check_master_key(presented_key(req.headers())) {
+        return ProxyError(e).into_response();
+    }
+    let limit = gw.settings().max_request_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(limit).into_response();
+    }
+    let body: Bytes = match axum::body::to_bytes(req.into_body(), limit).await {
+        Ok(b) => b,
+        Err(_) => return too_large(limit).into_response(),
+    };
+    render(gw.proxy_json(endpoint, body, started).await)
+}
+
+async fn transcription(State(gw): State<Gateway>, req: Request) -> Response {
+    let started = Instant::now();
+    if let Err(e) = gw.check_master_key(presented_key(req.headers())) {
+        return ProxyError(e).into_response();
+    }
+    let invalid = |m: String| ProxyError(Error::invalid(m)).into_response();
+    let mut multipart = match Multipart::from_request(req, &()).await {
+        Ok(m) => m,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return too_large(gw.settings().max_request_body_bytes).into_response();
+        }
+        Err(e) => {
+            return invalid(format!(
+                "Expected a multipart/form-data body: {}",
+                e.body_text()
+            ));
+        }
+    };
+    let mut fields = Vec::new();
+    let mut model = None;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return too_large(gw.settings().max_request_body_bytes).into_response();
+            }
+            Err(e) => return invalid(format!("Malformed multipart body: {}", e.body_text())),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        let file_name = field.file_name().map(str::to_owned);
+        let content_type = field.content_type().map(str::to_owned);
+        let data = match field.bytes().await {
+            Ok(d) => d,
+            Err(e) => return invalid(format!("Malformed multipart body: {}", e.body_text())),
+        };
+        let value = if file_name.is_some() {
+            FormValue::File {
+                file_name,
+                content_type,
+                data,
+            }
+        } else {
+            let text = String::from_utf8_lossy(&data).into_owned();
+            if name == "model" {
+                model = Some(text.trim().to_owned());
+            }
+            FormValue::Text(text)
+        };
+        fields.push(FormField { name, value });
+    }
+    let Some(model) = model.filter(|m| !m.is_empty()) else {
+        return ProxyError(Error::invalid("'model' is required").with_param("model"))
+            .into_response();
+    };
+    if !fields.iter().any(|f| f.name == "file") {
+        return ProxyError(Error::invalid("'file' is required").with_param("file")).into_response();
+    }
+    render(gw.proxy_transcription(&model, fields, started).await)
 }

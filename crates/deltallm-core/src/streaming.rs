@@ -1,0 +1,136 @@
+//! SSE framing of a served chat stream (RUN-14): each upstream chunk is
+//! forwarded as soon as it arrives as `data: <chunk>\n\n`; a clean end adds
+//! `data: [DONE]`; an upstream cut ends with an error event and no `[DONE]`,
+//! so clients never mistake a truncated answer for a complete one. Dropping
+//! the body (client gone) drops the upstream stream, which cancels the call.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use deltallm_providers::{ChatStream, StreamUsage};
+use deltallm_router::UnixMs;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+
+use crate::Gateway;
+use crate::pricing::Units;
+use crate::proxy::{Endpoint, RouteDecision};
+use crate::registry::ResolvedDeployment;
+use crate::spend::SpendContext;
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+fn frame(payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(payload.len() + 8);
+    b.put_slice(b"data: ");
+    b.put_slice(payload);
+    b.put_slice(b"\n\n");
+    b.freeze()
+}
+
+struct State {
+    gateway: Gateway,
+    first: Option<Bytes>,
+    upstream: ChatStream,
+    usage: StreamUsage,
+    deployment: Arc<ResolvedDeployment>,
+    /// Taken when the outcome is recorded; still present on drop = client left.
+    spend: Option<SpendContext>,
+    route: RouteDecision,
+    started: Instant,
+}
+
+impl State {
+    fn units(&self) -> Units {
+        let mut u = Units::default();
+        if let Some(us) = self.usage.get() {
+            u.prompt_tokens = us.prompt_tokens;
+            u.completion_tokens = us.completion_tokens;
+            u.prompt_tokens_cached = us.prompt_tokens_cached.unwrap_or(0);
+        }
+        u
+    }
+
+    fn record(&mut self, status: &str, http_status: i32, error_type: Option<&str>) {
+        let Some(spend) = self.spend.take() else {
+            return;
+        };
+        let units = self.units();
+        let total = units.prompt_tokens + units.completion_tokens;
+        if total > 0 {
+            self.deployment.state.add_usage(0, total, UnixMs::now());
+        }
+        let record = spend.served(
+            &self.deployment,
+            Endpoint::ChatCompletions,
+            &units,
+            &self.route,
+            self.started,
+            status,
+            http_status,
+            error_type,
+        );
+        self.gateway.record_spend(record);
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        if self.spend.is_some() {
+            tracing::debug!(deployment_id = %self.route.served, "client disconnected mid-stream; upstream call cancelled");
+            self.record("client_disconnected", 499, None);
+        }
+    }
+}
+
+/// Frame a stream whose first chunk has already arrived.
+pub(crate) fn framed(
+    gateway: Gateway,
+    first: Bytes,
+    upstream: ChatStream,
+    deployment: Arc<ResolvedDeployment>,
+    spend: SpendContext,
+    route: RouteDecision,
+    started: Instant,
+) -> BoxStream<'static, Bytes> {
+    let usage = upstream.usage();
+    let state = State {
+        gateway,
+        first: Some(first),
+        upstream,
+        usage,
+        deployment,
+        spend: Some(spend),
+        route,
+        started,
+    };
+    futures_util::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        if let Some(first) = state.first.take() {
+            return Some((frame(&first), Some(state)));
+        }
+        match state.upstream.next().await {
+            Some(Ok(chunk)) => Some((frame(&chunk), Some(state))),
+            Some(Err(e)) => {
+                // The stream was cut after bytes were sent: it cannot fail over,
+                // but it does count against the deployment's health.
+                state.deployment.state.record_failure(&e.message, &state.gateway.inner.cooldown, UnixMs::now());
+                tracing::warn!(deployment_id = %state.route.served, error = %e.message, "upstream stream failed mid-response");
+                state.record("failure", 200, Some("stream_interrupted"));
+                let event = serde_json::json!({"error": {
+                    "message": format!("upstream stream interrupted: {}", e.client_message()),
+                    "type": "server_error",
+                    "param": null,
+                    "code": "stream_interrupted",
+                }});
+                Some((frame(event.to_string().as_bytes()), None))
+            }
+            None => {
+                state.record("success", 200, None);
+                Some((Bytes::from_static(DONE), None))
+            }
+        }
+    })
+    .boxed()
+}
