@@ -42,34 +42,16 @@ impl TestDb {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
-                Some(Self {
-                    url,
-                    _dir: Some(dir),
-                    drop_pg: None,
-                })
+                Some(Self { url, _dir: Some(dir), drop_pg: None })
             }
             Backend::Postgres => {
-                let admin_url = std::env::var("DELTALLM_TEST_POSTGRES_URL")
-                    .ok()
-                    .filter(|s| !s.is_empty())?;
+                let admin_url = std::env::var("DELTALLM_TEST_POSTGRES_URL").ok().filter(|s| !s.is_empty())?;
                 let name = format!("deltallm_t_{}", uuid::Uuid::new_v4().simple());
-                let admin = Database::connect(&admin_url)
-                    .await
-                    .expect("connect to DELTALLM_TEST_POSTGRES_URL");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .expect("create test database");
+                let admin = Database::connect(&admin_url).await.expect("connect to DELTALLM_TEST_POSTGRES_URL");
+                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create test database");
                 admin.close().await.ok();
-                let base = admin_url
-                    .rsplit_once('/')
-                    .map_or(admin_url.as_str(), |(b, _)| b)
-                    .to_owned();
-                Some(Self {
-                    url: format!("{base}/{name}"),
-                    _dir: None,
-                    drop_pg: Some((admin_url, name)),
-                })
+                let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b).to_owned();
+                Some(Self { url: format!("{base}/{name}"), _dir: None, drop_pg: Some((admin_url, name)) })
             }
         }
     }
@@ -79,9 +61,7 @@ impl TestDb {
         if let Some((admin_url, name)) = &self.drop_pg
             && let Ok(admin) = Database::connect(admin_url).await
         {
-            let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
+            let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
             let _ = admin.close().await;
         }
     }
@@ -89,10 +69,7 @@ impl TestDb {
 
 /// Settings used by test apps: master key set, everything else default.
 pub fn test_settings() -> GatewaySettings {
-    GatewaySettings {
-        master_key: Some(SecretString::new(MASTER_KEY)),
-        ..GatewaySettings::default()
-    }
+    GatewaySettings { master_key: Some(SecretString::new(MASTER_KEY)), ..GatewaySettings::default() }
 }
 
 /// The key ring test apps use.
@@ -119,26 +96,15 @@ impl TestApp {
 
     /// Start with a specific key ring.
     pub async fn start_with_ring(url: &str, settings: GatewaySettings, ring: KeyRing) -> Self {
-        let store: Store = deltallm_bootstrap::connect_store(url, ring)
-            .await
-            .expect("store");
-        let gateway = Gateway::start(store, settings)
-            .await
-            .expect("gateway start");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let store: Store = deltallm_bootstrap::connect_store(url, ring).await.expect("store");
+        let gateway = Gateway::start(store, settings).await.expect("gateway start");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let app = deltallm_http::app(gateway.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self {
-            base: format!("http://{addr}"),
-            gateway,
-            client: reqwest::Client::new(),
-            server,
-        }
+        Self { base: format!("http://{addr}"), gateway, client: reqwest::Client::new(), server }
     }
 
     /// Stop serving (the database stays).
@@ -154,26 +120,15 @@ impl TestApp {
     }
 
     /// Send with the master key and return (status, JSON body or Null).
-    pub async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, self.url(path))
-            .bearer_auth(MASTER_KEY);
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut req = self.client.request(method, self.url(path)).bearer_auth(MASTER_KEY);
         if let Some(b) = body {
             req = req.json(b);
         }
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// GET with the master key.
@@ -209,9 +164,7 @@ macro_rules! on_both_backends {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let db = $crate::TestDb::create($crate::Backend::Sqlite)
-                    .await
-                    .expect("sqlite");
+                let db = $crate::TestDb::create($crate::Backend::Sqlite).await.expect("sqlite");
                 ($body)(db.url.clone()).await;
                 db.cleanup().await;
             }

@@ -119,20 +119,10 @@ impl MigrationTrait for Migration {
             .await?;
         for (name, col) in [
             ("idx_deployments_model_name", Deployments::ModelName),
-            (
-                "idx_deployments_named_credential_id",
-                Deployments::NamedCredentialId,
-            ),
+            ("idx_deployments_named_credential_id", Deployments::NamedCredentialId),
         ] {
             manager
-                .create_index(
-                    Index::create()
-                        .if_not_exists()
-                        .name(name)
-                        .table(Deployments::Table)
-                        .col(col)
-                        .to_owned(),
-                )
+                .create_index(Index::create().if_not_exists().name(name).table(Deployments::Table).col(col).to_owned())
                 .await?;
         }
         manager
@@ -177,28 +167,16 @@ impl MigrationTrait for Migration {
             ("idx_spend_logs_provider", SpendLogs::Provider),
         ] {
             manager
-                .create_index(
-                    Index::create()
-                        .if_not_exists()
-                        .name(name)
-                        .table(SpendLogs::Table)
-                        .col(col)
-                        .to_owned(),
-                )
+                .create_index(Index::create().if_not_exists().name(name).table(SpendLogs::Table).col(col).to_owned())
                 .await?;
         }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            SpendLogs::Table.into_iden(),
-            Deployments::Table.into_iden(),
-            NamedCredentials::Table.into_iden(),
-        ] {
-            manager
-                .drop_table(Table::drop().table(table).if_exists().to_owned())
-                .await?;
+        for table in [SpendLogs::Table.into_iden(), Deployments::Table.into_iden(), NamedCredentials::Table.into_iden()]
+        {
+            manager.drop_table(Table::drop().table(table).if_exists().to_owned()).await?;
         }
         Ok(())
     }

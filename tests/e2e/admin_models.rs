@@ -23,23 +23,12 @@ on_both_backends!(create_list_models_restart, |url: String| async move {
     let upstream = MockServer::start().await;
     let app = TestApp::start(&url, test_settings()).await;
 
-    let (status, created) = app
-        .post(
-            "/ui/api/models",
-            &vllm_payload(&format!("{}/v1", upstream.uri())),
-        )
-        .await;
+    let (status, created) = app.post("/ui/api/models", &vllm_payload(&format!("{}/v1", upstream.uri()))).await;
     assert_eq!(status, 200, "{created}");
     assert_eq!(created["deployment_id"], "vllm/llama-3-8b");
     assert_eq!(created["deltallm_params"]["api_key"], "***REDACTED***");
-    assert_eq!(
-        created["model_info"]["access_groups"],
-        json!(["beta", "support"])
-    );
-    assert!(
-        created.get("health").is_none(),
-        "create responses carry no health"
-    );
+    assert_eq!(created["model_info"]["access_groups"], json!(["beta", "support"]));
+    assert!(created.get("health").is_none(), "create responses carry no health");
 
     let (status, list) = app.get("/ui/api/models").await;
     assert_eq!(status, 200);
@@ -50,10 +39,7 @@ on_both_backends!(create_list_models_restart, |url: String| async move {
     assert_eq!(row["healthy"], true);
     assert_eq!(row["credential_source"], "inline");
     assert_eq!(row["inline_credentials_present"], true);
-    assert_eq!(
-        list["pagination"],
-        json!({"total": 1, "limit": 100, "offset": 0, "has_more": false})
-    );
+    assert_eq!(list["pagination"], json!({"total": 1, "limit": 100, "offset": 0, "has_more": false}));
 
     let (status, models) = app.get("/v1/models").await;
     assert_eq!(status, 200);
@@ -68,162 +54,96 @@ on_both_backends!(create_list_models_restart, |url: String| async move {
     assert_eq!(models["data"][0]["id"], "llama-3-8b");
     let (status, one) = app.get("/ui/api/models/vllm/llama-3-8b").await;
     assert_eq!(status, 200);
-    assert_eq!(
-        one["deltallm_params"]["model"],
-        "meta-llama/Meta-Llama-3-8B-Instruct"
-    );
+    assert_eq!(one["deltallm_params"]["model"], "meta-llama/Meta-Llama-3-8B-Instruct");
     assert_eq!(one["health"]["healthy"], true);
     // The secret survived the restart (decrypted for use, never shown).
     let registry = app.gateway.registry();
     let resolved = registry.deployments.get("vllm/llama-3-8b").expect("loaded");
-    assert_eq!(
-        resolved.record.deltallm_params["api_key"],
-        "sk-vllm-canary-7f3a"
-    );
+    assert_eq!(resolved.record.deltallm_params["api_key"], "sk-vllm-canary-7f3a");
     app.stop().await;
 });
 
-on_both_backends!(
-    health_check_probes_upstream_and_records_health,
-    |url: String| async move {
-        let upstream = MockServer::start().await;
-        Mock::given(method("GET"))
-            .and(path("/v1/models"))
-            .and(header("authorization", "Bearer sk-vllm-canary-7f3a"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
-            .expect(1)
-            .mount(&upstream)
-            .await;
-        let app = TestApp::start(&url, test_settings()).await;
-        app.post(
-            "/ui/api/models",
-            &vllm_payload(&format!("{}/v1", upstream.uri())),
-        )
+on_both_backends!(health_check_probes_upstream_and_records_health, |url: String| async move {
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/models"))
+        .and(header("authorization", "Bearer sk-vllm-canary-7f3a"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .expect(1)
+        .mount(&upstream)
         .await;
+    let app = TestApp::start(&url, test_settings()).await;
+    app.post("/ui/api/models", &vllm_payload(&format!("{}/v1", upstream.uri()))).await;
 
-        let (status, ok) = app
-            .post("/ui/api/models/vllm/llama-3-8b/health-check", &json!({}))
-            .await;
-        assert_eq!(status, 200, "{ok}");
-        assert_eq!(ok["healthy"], true);
-        assert_eq!(ok["status_code"], 200);
-        assert_eq!(ok["deployment_id"], "vllm/llama-3-8b");
+    let (status, ok) = app.post("/ui/api/models/vllm/llama-3-8b/health-check", &json!({})).await;
+    assert_eq!(status, 200, "{ok}");
+    assert_eq!(ok["healthy"], true);
+    assert_eq!(ok["status_code"], 200);
+    assert_eq!(ok["deployment_id"], "vllm/llama-3-8b");
 
-        // The upstream starts failing: the probe says so and the list shows it.
-        upstream.reset().await;
-        Mock::given(method("GET"))
-            .and(path("/v1/models"))
-            .respond_with(ResponseTemplate::new(401))
-            .mount(&upstream)
-            .await;
-        let (_, bad) = app
-            .post("/ui/api/models/vllm/llama-3-8b/health-check", &json!({}))
-            .await;
-        assert_eq!(bad["healthy"], false);
-        assert_eq!(bad["status_code"], 401);
-        assert!(
-            bad["message"]
-                .as_str()
-                .unwrap()
-                .contains("vllm health check returned 401"),
-            "{bad}"
-        );
-        let (_, list) = app.get("/ui/api/models").await;
-        assert_eq!(list["data"][0]["healthy"], false);
-        let (_, one) = app.get("/ui/api/models/vllm/llama-3-8b").await;
-        assert_eq!(one["health"]["healthy"], false);
-        assert!(
-            one["health"]["last_error"]
-                .as_str()
-                .unwrap()
-                .contains("401")
-        );
+    // The upstream starts failing: the probe says so and the list shows it.
+    upstream.reset().await;
+    Mock::given(method("GET")).and(path("/v1/models")).respond_with(ResponseTemplate::new(401)).mount(&upstream).await;
+    let (_, bad) = app.post("/ui/api/models/vllm/llama-3-8b/health-check", &json!({})).await;
+    assert_eq!(bad["healthy"], false);
+    assert_eq!(bad["status_code"], 401);
+    assert!(bad["message"].as_str().unwrap().contains("vllm health check returned 401"), "{bad}");
+    let (_, list) = app.get("/ui/api/models").await;
+    assert_eq!(list["data"][0]["healthy"], false);
+    let (_, one) = app.get("/ui/api/models/vllm/llama-3-8b").await;
+    assert_eq!(one["health"]["healthy"], false);
+    assert!(one["health"]["last_error"].as_str().unwrap().contains("401"));
 
-        let (status, missing) = app
-            .post("/ui/api/models/nope/health-check", &json!({}))
-            .await;
-        assert_eq!(
-            (status, missing["detail"].as_str()),
-            (404, Some("Deployment not found"))
-        );
-        app.stop().await;
-    }
-);
+    let (status, missing) = app.post("/ui/api/models/nope/health-check", &json!({})).await;
+    assert_eq!((status, missing["detail"].as_str()), (404, Some("Deployment not found")));
+    app.stop().await;
+});
 
-on_both_backends!(
-    list_filters_search_and_pagination,
-    |url: String| async move {
-        let app = TestApp::start(&url, test_settings()).await;
-        let specs = [
-            ("gpt-4o", "openai", "gpt-4o", "chat"),
-            (
-                "text-embed",
-                "openai",
-                "text-embedding-3-small",
-                "embedding",
-            ),
-            ("llama-groq", "groq", "llama-3.1-8b-instant", "chat"),
-            ("claude", "anthropic", "claude-3-5-sonnet", "chat"),
-        ];
-        for (name, provider, model, mode) in specs {
-            let (s, b) = app
+on_both_backends!(list_filters_search_and_pagination, |url: String| async move {
+    let app = TestApp::start(&url, test_settings()).await;
+    let specs = [
+        ("gpt-4o", "openai", "gpt-4o", "chat"),
+        ("text-embed", "openai", "text-embedding-3-small", "embedding"),
+        ("llama-groq", "groq", "llama-3.1-8b-instant", "chat"),
+        ("claude", "anthropic", "claude-3-5-sonnet", "chat"),
+    ];
+    for (name, provider, model, mode) in specs {
+        let (s, b) = app
             .post(
                 "/ui/api/models",
                 &json!({"model_name": name, "deltallm_params": {"provider": provider, "model": model, "api_base": "http://127.0.0.1:9/v1", "api_key": "k"}, "model_info": {"mode": mode}}),
             )
             .await;
-            assert_eq!(s, 200, "{b}");
-            // Generated ids are <model_name>-<8 hex> (DEP-2).
-            let id = b["deployment_id"].as_str().unwrap();
-            let suffix = id.strip_prefix(&format!("{name}-")).unwrap();
-            assert!(
-                suffix.len() == 8
-                    && suffix
-                        .chars()
-                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
-                "{id}"
-            );
-        }
-        let names = |v: &Value| {
-            v["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["model_name"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        };
-        let (_, all) = app.get("/ui/api/models").await;
-        assert_eq!(
-            names(&all),
-            ["claude", "gpt-4o", "llama-groq", "text-embed"]
-        );
-        let (_, groq) = app.get("/ui/api/models?search=GROQ").await;
-        assert_eq!(names(&groq), ["llama-groq"]);
-        let (_, emb) = app.get("/ui/api/models?mode=embedding").await;
-        assert_eq!(names(&emb), ["text-embed"]);
-        let (_, openai) = app.get("/ui/api/models?provider=openai").await;
-        assert_eq!(names(&openai), ["gpt-4o", "text-embed"]);
-        let (_, page) = app.get("/ui/api/models?limit=2&offset=2").await;
-        assert_eq!(names(&page), ["llama-groq", "text-embed"]);
-        assert_eq!(
-            page["pagination"],
-            json!({"total": 4, "limit": 2, "offset": 2, "has_more": false})
-        );
-        let (_, page1) = app.get("/ui/api/models?limit=2").await;
-        assert_eq!(page1["pagination"]["has_more"], true);
-        let (s, e) = app.get("/ui/api/models?limit=501").await;
-        assert_eq!(
-            (s, e["detail"].as_str()),
-            (400, Some("limit must be between 1 and 500"))
-        );
-        app.stop().await;
+        assert_eq!(s, 200, "{b}");
+        // Generated ids are <model_name>-<8 hex> (DEP-2).
+        let id = b["deployment_id"].as_str().unwrap();
+        let suffix = id.strip_prefix(&format!("{name}-")).unwrap();
+        assert!(suffix.len() == 8 && suffix.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{id}");
     }
-);
+    let names = |v: &Value| {
+        v["data"].as_array().unwrap().iter().map(|r| r["model_name"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    let (_, all) = app.get("/ui/api/models").await;
+    assert_eq!(names(&all), ["claude", "gpt-4o", "llama-groq", "text-embed"]);
+    let (_, groq) = app.get("/ui/api/models?search=GROQ").await;
+    assert_eq!(names(&groq), ["llama-groq"]);
+    let (_, emb) = app.get("/ui/api/models?mode=embedding").await;
+    assert_eq!(names(&emb), ["text-embed"]);
+    let (_, openai) = app.get("/ui/api/models?provider=openai").await;
+    assert_eq!(names(&openai), ["gpt-4o", "text-embed"]);
+    let (_, page) = app.get("/ui/api/models?limit=2&offset=2").await;
+    assert_eq!(names(&page), ["llama-groq", "text-embed"]);
+    assert_eq!(page["pagination"], json!({"total": 4, "limit": 2, "offset": 2, "has_more": false}));
+    let (_, page1) = app.get("/ui/api/models?limit=2").await;
+    assert_eq!(page1["pagination"]["has_more"], true);
+    let (s, e) = app.get("/ui/api/models?limit=501").await;
+    assert_eq!((s, e["detail"].as_str()), (400, Some("limit must be between 1 and 500")));
+    app.stop().await;
+});
 
 on_both_backends!(update_merges_and_delete_removes, |url: String| async move {
     let app = TestApp::start(&url, test_settings()).await;
-    app.post("/ui/api/models", &vllm_payload("http://127.0.0.1:9/v1"))
-        .await;
+    app.post("/ui/api/models", &vllm_payload("http://127.0.0.1:9/v1")).await;
 
     // EDGE-1: an update without api_key keeps it.
     let (s, b) = app
@@ -238,11 +158,7 @@ on_both_backends!(update_merges_and_delete_removes, |url: String| async move {
     assert_eq!(d.deltallm_params["api_key"], "sk-vllm-canary-7f3a");
     assert_eq!(d.deltallm_params["api_base"], "http://127.0.0.1:10/v1");
     assert_eq!(d.deltallm_params["timeout"], 30);
-    assert_eq!(
-        d.model_info["access_groups"],
-        json!(["beta", "support"]),
-        "model_info kept when omitted"
-    );
+    assert_eq!(d.model_info["access_groups"], json!(["beta", "support"]), "model_info kept when omitted");
 
     // null deletes a key; model_info replaces wholesale; rename allowed.
     let (s, b) = app
@@ -252,10 +168,7 @@ on_both_backends!(update_merges_and_delete_removes, |url: String| async move {
     let reg = app.gateway.registry();
     let d = &reg.deployments.get("vllm/llama-3-8b").unwrap().record;
     assert!(d.deltallm_params.get("timeout").is_none());
-    assert_eq!(
-        d.model_info,
-        *json!({"mode": "embedding"}).as_object().unwrap()
-    );
+    assert_eq!(d.model_info, *json!({"mode": "embedding"}).as_object().unwrap());
     assert_eq!(d.model_name, "llama-3");
     let (_, models) = app.get("/v1/models").await;
     assert_eq!(models["data"][0]["id"], "llama-3");
@@ -267,19 +180,11 @@ on_both_backends!(update_merges_and_delete_removes, |url: String| async move {
     assert_eq!(s, 200, "{b}");
     let reg = app.gateway.registry();
     let d = &reg.deployments.get("vllm/llama-3-8b").unwrap().record;
-    assert!(
-        d.deltallm_params.get("api_key").is_none(),
-        "old key dropped on provider change"
-    );
+    assert!(d.deltallm_params.get("api_key").is_none(), "old key dropped on provider change");
     assert_eq!(b["inline_credentials_present"], false);
 
-    let (s, b) = app
-        .put("/ui/api/models/unknown", &json!({"model_name": "x"}))
-        .await;
-    assert_eq!(
-        (s, b["detail"].as_str()),
-        (404, Some("Deployment not found"))
-    );
+    let (s, b) = app.put("/ui/api/models/unknown", &json!({"model_name": "x"})).await;
+    assert_eq!((s, b["detail"].as_str()), (404, Some("Deployment not found")));
     let (s, b) = app.delete("/ui/api/models/vllm/llama-3-8b").await;
     assert_eq!((s, b), (200, json!({"deleted": true})));
     let (s, _) = app.delete("/ui/api/models/vllm/llama-3-8b").await;
@@ -289,125 +194,56 @@ on_both_backends!(update_merges_and_delete_removes, |url: String| async move {
     app.stop().await;
 });
 
-on_both_backends!(
-    shared_model_name_warns_on_differing_access_groups,
-    |url: String| async move {
-        let app = TestApp::start(&url, test_settings()).await;
-        let dep = |id: &str, groups: Value| json!({"model_name": "shared", "deployment_id": id, "deltallm_params": {"provider": "openai", "model": "gpt-4o-mini", "api_base": "http://127.0.0.1:9/v1", "api_key": "k"}, "model_info": {"access_groups": groups}});
-        let (s, a) = app
-            .post("/ui/api/models", &dep("shared-a", json!(["team-a"])))
-            .await;
-        assert_eq!(s, 200);
-        assert!(a.get("warnings").is_none());
-        let (s, b) = app
-            .post("/ui/api/models", &dep("shared-b", json!(["team-a"])))
-            .await;
-        assert_eq!(
-            s, 200,
-            "a second deployment under a taken name is accepted (DEP-3)"
-        );
-        assert!(b.get("warnings").is_none());
-        let (s, c) = app
-            .post("/ui/api/models", &dep("shared-c", json!(["team-b"])))
-            .await;
-        assert_eq!(s, 200);
-        let warning = c["warnings"][0].as_str().expect("warning");
-        assert!(
-            warning.contains("shared") && warning.contains("team-b") && warning.contains("team-a"),
-            "{warning}"
-        );
-        let (_, models) = app.get("/v1/models").await;
-        assert_eq!(
-            models["data"].as_array().unwrap().len(),
-            1,
-            "one public name"
-        );
-        assert_eq!(
-            app.gateway
-                .registry()
-                .entries
-                .get("shared")
-                .unwrap()
-                .members
-                .len(),
-            3
-        );
-        app.stop().await;
-    }
-);
+on_both_backends!(shared_model_name_warns_on_differing_access_groups, |url: String| async move {
+    let app = TestApp::start(&url, test_settings()).await;
+    let dep = |id: &str, groups: Value| json!({"model_name": "shared", "deployment_id": id, "deltallm_params": {"provider": "openai", "model": "gpt-4o-mini", "api_base": "http://127.0.0.1:9/v1", "api_key": "k"}, "model_info": {"access_groups": groups}});
+    let (s, a) = app.post("/ui/api/models", &dep("shared-a", json!(["team-a"]))).await;
+    assert_eq!(s, 200);
+    assert!(a.get("warnings").is_none());
+    let (s, b) = app.post("/ui/api/models", &dep("shared-b", json!(["team-a"]))).await;
+    assert_eq!(s, 200, "a second deployment under a taken name is accepted (DEP-3)");
+    assert!(b.get("warnings").is_none());
+    let (s, c) = app.post("/ui/api/models", &dep("shared-c", json!(["team-b"]))).await;
+    assert_eq!(s, 200);
+    let warning = c["warnings"][0].as_str().expect("warning");
+    assert!(warning.contains("shared") && warning.contains("team-b") && warning.contains("team-a"), "{warning}");
+    let (_, models) = app.get("/v1/models").await;
+    assert_eq!(models["data"].as_array().unwrap().len(), 1, "one public name");
+    assert_eq!(app.gateway.registry().entries.get("shared").unwrap().members.len(), 3);
+    app.stop().await;
+});
 
 on_both_backends!(authentication_is_required, |url: String| async move {
     let app = TestApp::start(&url, test_settings()).await;
-    let anon = app
-        .client
-        .get(app.url("/ui/api/models"))
-        .send()
-        .await
-        .unwrap();
+    let anon = app.client.get(app.url("/ui/api/models")).send().await.unwrap();
     assert_eq!(anon.status(), 401);
-    assert_eq!(
-        anon.json::<Value>().await.unwrap(),
-        json!({"detail": "Authentication required"})
-    );
-    let wrong = app
-        .client
-        .get(app.url("/ui/api/models"))
-        .bearer_auth("sk-wrong")
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(anon.json::<Value>().await.unwrap(), json!({"detail": "Authentication required"}));
+    let wrong = app.client.get(app.url("/ui/api/models")).bearer_auth("sk-wrong").send().await.unwrap();
     assert_eq!(wrong.status(), 401);
-    let header_key = app
-        .client
-        .get(app.url("/ui/api/models"))
-        .header("X-Master-Key", MASTER_KEY)
-        .send()
-        .await
-        .unwrap();
+    let header_key = app.client.get(app.url("/ui/api/models")).header("X-Master-Key", MASTER_KEY).send().await.unwrap();
     assert_eq!(header_key.status(), 200);
     let v1 = app.client.get(app.url("/v1/models")).send().await.unwrap();
     assert_eq!(v1.status(), 401);
     let body: Value = v1.json().await.unwrap();
     assert_eq!(body["error"]["type"], "authentication_error");
     for p in ["/health", "/health/liveliness", "/health/readiness"] {
-        assert_eq!(
-            app.client.get(app.url(p)).send().await.unwrap().status(),
-            200,
-            "{p}"
-        );
+        assert_eq!(app.client.get(app.url(p)).send().await.unwrap().status(), 200, "{p}");
     }
     let presets = app.get("/ui/api/provider-presets").await.1;
-    let vllm = presets["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["provider"] == "vllm")
-        .unwrap();
+    let vllm = presets["data"].as_array().unwrap().iter().find(|p| p["provider"] == "vllm").unwrap();
     assert_eq!(vllm["api_base"], Value::Null);
     assert_eq!(
         vllm["supported_modes"],
-        json!([
-            "chat",
-            "embedding",
-            "image_generation",
-            "audio_speech",
-            "audio_transcription"
-        ])
+        json!(["chat", "embedding", "image_generation", "audio_speech", "audio_transcription"])
     );
     app.stop().await;
 });
 
-on_both_backends!(
-    no_master_key_configured_refuses_writes,
-    |url: String| async move {
-        let mut settings = test_settings();
-        settings.master_key = None;
-        let app = TestApp::start(&url, settings).await;
-        let (s, b) = app.get("/ui/api/models").await;
-        assert_eq!(
-            (s, b["detail"].as_str()),
-            (503, Some("No master key is configured"))
-        );
-        app.stop().await;
-    }
-);
+on_both_backends!(no_master_key_configured_refuses_writes, |url: String| async move {
+    let mut settings = test_settings();
+    settings.master_key = None;
+    let app = TestApp::start(&url, settings).await;
+    let (s, b) = app.get("/ui/api/models").await;
+    assert_eq!((s, b["detail"].as_str()), (503, Some("No master key is configured")));
+    app.stop().await;
+});

@@ -21,49 +21,22 @@ fn with(edit: impl FnOnce(&mut Value)) -> Value {
 
 fn invalid_creates() -> Vec<(&'static str, Value, u16, &'static str)> {
     vec![
-        (
-            "VAL-3 model_name",
-            with(|v| v["model_name"] = json!("  ")),
-            400,
-            "model_name is required",
-        ),
+        ("VAL-3 model_name", with(|v| v["model_name"] = json!("  ")), 400, "model_name is required"),
         (
             "VAL-3 provider",
-            with(|v| {
-                v["deltallm_params"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("provider")
-                    .map(drop)
-                    .unwrap_or(())
-            }),
+            with(|v| v["deltallm_params"].as_object_mut().unwrap().remove("provider").map(drop).unwrap_or(())),
             400,
             "provider is required",
         ),
-        (
-            "VAL-3 model",
-            with(|v| v["deltallm_params"]["model"] = json!("")),
-            400,
-            "deltallm_params.model is required",
-        ),
+        ("VAL-3 model", with(|v| v["deltallm_params"]["model"] = json!("")), 400, "deltallm_params.model is required"),
         (
             "VAL-3 api_base",
             with(|v| v["deltallm_params"]["api_base"] = json!(" ")),
             400,
             "deltallm_params.api_base is required",
         ),
-        (
-            "VAL-3 params object",
-            with(|v| v["deltallm_params"] = json!("x")),
-            400,
-            "deltallm_params must be an object",
-        ),
-        (
-            "VAL-3 model_info object",
-            with(|v| v["model_info"] = json!([1])),
-            400,
-            "model_info must be an object",
-        ),
+        ("VAL-3 params object", with(|v| v["deltallm_params"] = json!("x")), 400, "deltallm_params must be an object"),
+        ("VAL-3 model_info object", with(|v| v["model_info"] = json!([1])), 400, "model_info must be an object"),
         (
             "VAL-2/EDGE-5 anthropic embedding",
             with(|v| {
@@ -154,8 +127,7 @@ fn invalid_creates() -> Vec<(&'static str, Value, u16, &'static str)> {
         (
             "VAL-8/EDGE-3 sync size 1",
             with(|v| {
-                v["deltallm_params"]["chat_batching"] =
-                    json!({"mode": "sync_microbatch", "upstream_max_batch_size": 1})
+                v["deltallm_params"]["chat_batching"] = json!({"mode": "sync_microbatch", "upstream_max_batch_size": 1})
             }),
             400,
             "chat_batching.upstream_max_batch_size",
@@ -168,9 +140,9 @@ fn invalid_creates() -> Vec<(&'static str, Value, u16, &'static str)> {
         ),
         (
             "VAL-8 sync heterogeneous",
-            with(
-                |v| v["deltallm_params"]["chat_batching"] = json!({"mode": "sync_microbatch", "upstream_max_batch_size": 4, "require_homogeneous_params": false}),
-            ),
+            with(|v| {
+                v["deltallm_params"]["chat_batching"] = json!({"mode": "sync_microbatch", "upstream_max_batch_size": 4, "require_homogeneous_params": false})
+            }),
             400,
             "chat_batching.require_homogeneous_params",
         ),
@@ -188,10 +160,7 @@ fn invalid_creates() -> Vec<(&'static str, Value, u16, &'static str)> {
         ),
         (
             "VAL-9 too many",
-            with(|v| {
-                v["model_info"]["access_groups"] =
-                    json!((0..101).map(|i| format!("g{i}")).collect::<Vec<_>>())
-            }),
+            with(|v| v["model_info"]["access_groups"] = json!((0..101).map(|i| format!("g{i}")).collect::<Vec<_>>())),
             400,
             "at most 100",
         ),
@@ -240,89 +209,58 @@ fn invalid_creates() -> Vec<(&'static str, Value, u16, &'static str)> {
     ]
 }
 
-on_both_backends!(
-    every_invalid_payload_gets_its_error_and_changes_nothing,
-    |url: String| async move {
-        let app = TestApp::start(&url, test_settings()).await;
-        let (s, original) = app
-            .post(
-                "/ui/api/models",
-                &with(|v| v["deployment_id"] = json!("keep-me")),
-            )
-            .await;
-        assert_eq!(s, 200, "{original}");
-        let before = app.get("/ui/api/models/keep-me").await.1;
+on_both_backends!(every_invalid_payload_gets_its_error_and_changes_nothing, |url: String| async move {
+    let app = TestApp::start(&url, test_settings()).await;
+    let (s, original) = app.post("/ui/api/models", &with(|v| v["deployment_id"] = json!("keep-me"))).await;
+    assert_eq!(s, 200, "{original}");
+    let before = app.get("/ui/api/models/keep-me").await.1;
 
-        for (case, payload, status, message) in invalid_creates() {
-            let (s, body) = app.post("/ui/api/models", &payload).await;
-            let detail = body["detail"].as_str().unwrap_or_default();
-            assert_eq!(s, status, "{case}: {body}");
-            assert!(
-                detail.contains(message),
-                "{case}: expected '{message}' in '{detail}'"
-            );
+    for (case, payload, status, message) in invalid_creates() {
+        let (s, body) = app.post("/ui/api/models", &payload).await;
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert_eq!(s, status, "{case}: {body}");
+        assert!(detail.contains(message), "{case}: expected '{message}' in '{detail}'");
 
-            // The same rule guards updates of the stored deployment.
-            let mut update = payload.clone();
-            update.as_object_mut().unwrap().remove("deployment_id");
-            let (s, body) = app.put("/ui/api/models/keep-me", &update).await;
-            if case.starts_with("VAL-3 model_name") {
-                // A blank name on update is normalized to "keep the stored name"? No: it is an explicit empty name.
-                assert_eq!(s, 400, "{case} (update): {body}");
-            } else if !case.starts_with("VAL-3 provider") {
-                // Omitting provider on update keeps the stored one (merge semantics), so only that case may pass.
-                assert_eq!(s, status, "{case} (update): {body}");
-            }
+        // The same rule guards updates of the stored deployment.
+        let mut update = payload.clone();
+        update.as_object_mut().unwrap().remove("deployment_id");
+        let (s, body) = app.put("/ui/api/models/keep-me", &update).await;
+        if case.starts_with("VAL-3 model_name") {
+            // A blank name on update is normalized to "keep the stored name"? No: it is an explicit empty name.
+            assert_eq!(s, 400, "{case} (update): {body}");
+        } else if !case.starts_with("VAL-3 provider") {
+            // Omitting provider on update keeps the stored one (merge semantics), so only that case may pass.
+            assert_eq!(s, status, "{case} (update): {body}");
         }
-        // A provider removal on update goes through the merge and keeps the stored provider; restore the baseline.
-        let after = app.get("/ui/api/models/keep-me").await.1;
-        let strip = |mut v: Value| {
-            for k in ["updated_at", "health", "healthy"] {
-                v.as_object_mut().unwrap().remove(k);
-            }
-            v
-        };
-        assert_eq!(
-            strip(after),
-            strip(before),
-            "no rejected write changed the stored deployment"
-        );
-        let (_, list) = app.get("/ui/api/models").await;
-        assert_eq!(
-            list["pagination"]["total"], 1,
-            "no rejected create stored anything"
-        );
-
-        // Malformed JSON → 422; duplicate id → 409 (DEP-2).
-        let resp = app
-            .client
-            .post(app.url("/ui/api/models"))
-            .bearer_auth(deltallm_e2e::MASTER_KEY)
-            .header("content-type", "application/json")
-            .body("{not json")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 422);
-        assert!(
-            resp.json::<Value>().await.unwrap()["detail"]
-                .as_str()
-                .unwrap()
-                .starts_with("Malformed JSON body")
-        );
-        let (s, b) = app
-            .post(
-                "/ui/api/models",
-                &with(|v| v["deployment_id"] = json!("keep-me")),
-            )
-            .await;
-        assert_eq!(
-            (s, b["detail"].as_str()),
-            (409, Some("Deployment 'keep-me' already exists"))
-        );
-        app.stop().await;
     }
-);
+    // A provider removal on update goes through the merge and keeps the stored provider; restore the baseline.
+    let after = app.get("/ui/api/models/keep-me").await.1;
+    let strip = |mut v: Value| {
+        for k in ["updated_at", "health", "healthy"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        v
+    };
+    assert_eq!(strip(after), strip(before), "no rejected write changed the stored deployment");
+    let (_, list) = app.get("/ui/api/models").await;
+    assert_eq!(list["pagination"]["total"], 1, "no rejected create stored anything");
+
+    // Malformed JSON → 422; duplicate id → 409 (DEP-2).
+    let resp = app
+        .client
+        .post(app.url("/ui/api/models"))
+        .bearer_auth(deltallm_e2e::MASTER_KEY)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert!(resp.json::<Value>().await.unwrap()["detail"].as_str().unwrap().starts_with("Malformed JSON body"));
+    let (s, b) = app.post("/ui/api/models", &with(|v| v["deployment_id"] = json!("keep-me"))).await;
+    assert_eq!((s, b["detail"].as_str()), (409, Some("Deployment 'keep-me' already exists")));
+    app.stop().await;
+});
 
 on_both_backends!(normalization_and_labels, |url: String| async move {
     let app = TestApp::start(&url, test_settings()).await;
@@ -345,10 +283,7 @@ on_both_backends!(normalization_and_labels, |url: String| async move {
     assert_eq!(b["deltallm_params"]["api_base"], "http://127.0.0.1:9/v1");
     assert!(b["deltallm_params"].get("api_version").is_none());
     assert_eq!(b["model_info"]["access_groups"], json!(["beta", "support"]));
-    assert_eq!(
-        b["connection_summary"]["custom_auth_label"],
-        "Authorization (Token)"
-    );
+    assert_eq!(b["connection_summary"]["custom_auth_label"], "Authorization (Token)");
     assert_eq!(b["connection_summary"]["auth_header_name"], "Authorization");
 
     let (_, x) = app
@@ -361,27 +296,16 @@ on_both_backends!(normalization_and_labels, |url: String| async move {
 
     // EDGE-3: chat_batching null clears a stored override.
     let (s, _) = app
-        .put("/ui/api/models/custom-1", &json!({"deltallm_params": {"chat_batching": {"mode": "concurrent", "max_in_flight": 4}}}))
-        .await;
-    assert_eq!(s, 200);
-    let reg = app.gateway.registry();
-    assert_eq!(
-        reg.deployments["custom-1"].record.deltallm_params["chat_batching"]["max_in_flight"],
-        4
-    );
-    let (s, _) = app
         .put(
             "/ui/api/models/custom-1",
-            &json!({"deltallm_params": {"chat_batching": null}}),
+            &json!({"deltallm_params": {"chat_batching": {"mode": "concurrent", "max_in_flight": 4}}}),
         )
         .await;
     assert_eq!(s, 200);
-    assert!(
-        app.gateway.registry().deployments["custom-1"]
-            .record
-            .deltallm_params
-            .get("chat_batching")
-            .is_none()
-    );
+    let reg = app.gateway.registry();
+    assert_eq!(reg.deployments["custom-1"].record.deltallm_params["chat_batching"]["max_in_flight"], 4);
+    let (s, _) = app.put("/ui/api/models/custom-1", &json!({"deltallm_params": {"chat_batching": null}})).await;
+    assert_eq!(s, 200);
+    assert!(app.gateway.registry().deployments["custom-1"].record.deltallm_params.get("chat_batching").is_none());
     app.stop().await;
 });

@@ -17,12 +17,8 @@ fn parse_args() -> Result<Option<PathBuf>, String> {
     let mut config = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--config" | "-c" => {
-                config = Some(PathBuf::from(args.next().ok_or("--config needs a path")?))
-            }
-            s if s.starts_with("--config=") => {
-                config = Some(PathBuf::from(&s["--config=".len()..]))
-            }
+            "--config" | "-c" => config = Some(PathBuf::from(args.next().ok_or("--config needs a path")?)),
+            s if s.starts_with("--config=") => config = Some(PathBuf::from(&s["--config=".len()..])),
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument '{other}'")),
         }
@@ -36,9 +32,7 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let gateway = Gateway::start(prepared.store, prepared.settings).await?;
     let listener = serve::bind(prepared.listen).await?;
     tracing::info!(address = %prepared.listen, "DeltaLLM gateway listening");
-    axum::serve(listener, deltallm_http::app(gateway.clone()))
-        .with_graceful_shutdown(serve::shutdown_signal())
-        .await?;
+    axum::serve(listener, deltallm_http::app(gateway.clone())).with_graceful_shutdown(serve::shutdown_signal()).await?;
     serve::drain(&gateway).await;
     Ok(())
 }
@@ -51,18 +45,11 @@ fn main() -> ExitCode {
                 eprintln!("error: {msg}\n");
             }
             eprintln!("{USAGE}");
-            return if msg.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            };
+            return if msg.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) };
         }
     };
     telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

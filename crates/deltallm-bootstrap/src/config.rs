@@ -128,11 +128,7 @@ pub struct ServerSettings {
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self {
-            host: "0.0.0.0".into(),
-            port: 4002,
-            data_dir: PathBuf::from("deltallm-data"),
-        }
+        Self { host: "0.0.0.0".into(), port: 4002, data_dir: PathBuf::from("deltallm-data") }
     }
 }
 
@@ -153,10 +149,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("redis_url", "general_settings.redis_url"),
     ("openai_api_key", "general_settings.openai_api_key"),
     ("openai_base_url", "general_settings.openai_base_url"),
-    (
-        "max_request_body_bytes",
-        "general_settings.max_request_body_bytes",
-    ),
+    ("max_request_body_bytes", "general_settings.max_request_body_bytes"),
     ("host", "server.host"),
     ("port", "server.port"),
     ("data_dir", "server.data_dir"),
@@ -168,16 +161,8 @@ fn resolve_refs(value: &mut Value, path: &str) -> Result<(), Error> {
     match value {
         Value::String(s) => {
             if let Some(name) = s.strip_prefix("os.environ/") {
-                *value = std::env::var(name)
-                    .map(Value::String)
-                    .unwrap_or(Value::Null);
-            } else if [
-                "aws.secretsmanager/",
-                "gcp.secretmanager/",
-                "azure.keyvault/",
-            ]
-            .iter()
-            .any(|p| s.starts_with(p))
+                *value = std::env::var(name).map(Value::String).unwrap_or(Value::Null);
+            } else if ["aws.secretsmanager/", "gcp.secretmanager/", "azure.keyvault/"].iter().any(|p| s.starts_with(p))
             {
                 let manager = s.split('/').next().unwrap_or_default().to_owned();
                 return Err(Error::Config(format!(
@@ -192,11 +177,7 @@ fn resolve_refs(value: &mut Value, path: &str) -> Result<(), Error> {
         }
         Value::Object(map) => {
             for (k, v) in map.iter_mut() {
-                let child = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                 resolve_refs(v, &child)?;
             }
         }
@@ -223,10 +204,7 @@ pub fn load(path: Option<PathBuf>) -> Result<LoadedConfig, Error> {
     let explicit = path.or_else(|| std::env::var_os("DELTALLM_CONFIG_PATH").map(PathBuf::from));
     let file = match explicit {
         Some(p) if !p.exists() => {
-            return Err(Error::Config(format!(
-                "config file {} does not exist",
-                p.display()
-            )));
+            return Err(Error::Config(format!("config file {} does not exist", p.display())));
         }
         Some(p) => Some(p),
         None => Some(PathBuf::from("config.yaml")).filter(|p| p.exists()),
@@ -239,24 +217,14 @@ pub fn load(path: Option<PathBuf>) -> Result<LoadedConfig, Error> {
         Env::prefixed("DELTALLM_")
             .filter_map(|k| {
                 let k = k.as_str().to_ascii_lowercase();
-                ENV_KEYS
-                    .iter()
-                    .find(|(name, _)| *name == k)
-                    .map(|(_, path)| (*path).into())
+                ENV_KEYS.iter().find(|(name, _)| *name == k).map(|(_, path)| (*path).into())
             })
             .split("."),
     );
     // Nested overrides such as DELTALLM_ROUTER_SETTINGS__NUM_RETRIES=2.
-    figment = figment.merge(
-        Env::prefixed("DELTALLM_")
-            .filter(|k| k.as_str().contains("__"))
-            .split("__"),
-    );
+    figment = figment.merge(Env::prefixed("DELTALLM_").filter(|k| k.as_str().contains("__")).split("__"));
     let mut config: Config = figment.extract().map_err(|e| {
-        let where_ = file
-            .as_ref()
-            .map(|f| format!(" ({})", f.display()))
-            .unwrap_or_default();
+        let where_ = file.as_ref().map(|f| format!(" ({})", f.display())).unwrap_or_default();
         Error::Config(format!("invalid configuration{where_}: {e}"))
     })?;
     for (i, entry) in config.model_list.iter_mut().enumerate() {
@@ -275,17 +243,10 @@ pub fn load(path: Option<PathBuf>) -> Result<LoadedConfig, Error> {
         if let Some(v) = field.take() {
             let mut value = Value::String(v);
             resolve_refs(&mut value, &format!("general_settings.{name}"))?;
-            *field = value
-                .as_str()
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned);
+            *field = value.as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
         }
     }
-    Ok(LoadedConfig {
-        config,
-        source: file,
-    })
+    Ok(LoadedConfig { config, source: file })
 }
 
 /// CFG-1: a present `model_info` materializes defaults (weight 1, priority 0,
@@ -302,49 +263,37 @@ impl LoadedConfig {
     /// Bind address.
     pub fn listen_addr(&self) -> Result<SocketAddr, Error> {
         let s = &self.config.server;
-        let ip: IpAddr = s.host.parse().map_err(|_| {
-            Error::Config(format!(
-                "server.host / DELTALLM_HOST '{}' is not an IP address",
-                s.host
-            ))
-        })?;
+        let ip: IpAddr = s
+            .host
+            .parse()
+            .map_err(|_| Error::Config(format!("server.host / DELTALLM_HOST '{}' is not an IP address", s.host)))?;
         Ok(SocketAddr::new(ip, s.port))
     }
 
     /// Core settings (model_list parsed; validation happens at gateway start).
-    pub fn gateway_settings(
-        &self,
-        master_key: Option<SecretString>,
-    ) -> Result<GatewaySettings, Error> {
+    pub fn gateway_settings(&self, master_key: Option<SecretString>) -> Result<GatewaySettings, Error> {
         let g = &self.config.general_settings;
         let mut model_list = Vec::with_capacity(self.config.model_list.len());
         for (i, entry) in self.config.model_list.iter().enumerate() {
             let mut entry = entry.clone();
             materialize_model_info(&mut entry);
-            let input = DeploymentInput::from_json(&entry)
-                .map_err(|e| Error::Config(format!("model_list[{i}]: {e}")))?;
+            let input =
+                DeploymentInput::from_json(&entry).map_err(|e| Error::Config(format!("model_list[{i}]: {e}")))?;
             model_list.push(input);
         }
         let defaults = GatewaySettings::default();
         if g.max_request_body_bytes == 0 {
-            return Err(Error::Config(
-                "general_settings.max_request_body_bytes must be > 0".into(),
-            ));
+            return Err(Error::Config("general_settings.max_request_body_bytes must be > 0".into()));
         }
         Ok(GatewaySettings {
             master_key,
             router: self.config.router_settings.clone(),
             openai_api_key: g.openai_api_key.clone().map(SecretString::new),
-            openai_base_url: g
-                .openai_base_url
-                .clone()
-                .unwrap_or(defaults.openai_base_url),
+            openai_base_url: g.openai_base_url.clone().unwrap_or(defaults.openai_base_url),
             deployment_source: g.model_deployment_source,
             bootstrap_from_config: g.model_deployment_bootstrap_from_config,
             config_model_list: model_list,
-            upstream_connect_timeout: Duration::from_secs(
-                g.upstream_http_connect_timeout_seconds.max(1),
-            ),
+            upstream_connect_timeout: Duration::from_secs(g.upstream_http_connect_timeout_seconds.max(1)),
             upstream_read_timeout: Duration::from_secs(g.upstream_http_read_timeout_seconds.max(1)),
             upstream_pool_max_idle_per_host: g.upstream_http_pool_max_idle_per_host,
             max_request_body_bytes: g.max_request_body_bytes,

@@ -32,23 +32,17 @@ pub fn check_master_key(key: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Config(
-            "master_key must be at least 32 characters and contain both letters and digits".into(),
-        ))
+        Err(Error::Config("master_key must be at least 32 characters and contain both letters and digits".into()))
     }
 }
 
 /// CFG-2 salt key rule.
 pub fn check_salt_key(key: &str) -> Result<(), Error> {
     if key.trim().eq_ignore_ascii_case("change-me") {
-        return Err(Error::Config(
-            "salt_key 'change-me' is a placeholder; set a real secret".into(),
-        ));
+        return Err(Error::Config("salt_key 'change-me' is a placeholder; set a real secret".into()));
     }
     if key.trim().len() < 16 {
-        return Err(Error::Config(
-            "salt_key must be at least 16 characters".into(),
-        ));
+        return Err(Error::Config("salt_key must be at least 16 characters".into()));
     }
     Ok(())
 }
@@ -80,9 +74,7 @@ fn read_or_create(path: &Path, generate: impl FnOnce() -> String) -> Result<(Str
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts
-        .open(path)
-        .map_err(|e| Error::Io(format!("cannot create {}: {e}", path.display())))?;
+    let mut f = opts.open(path).map_err(|e| Error::Io(format!("cannot create {}: {e}", path.display())))?;
     f.write_all(value.as_bytes())
         .and_then(|()| f.write_all(b"\n"))
         .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
@@ -90,26 +82,15 @@ fn read_or_create(path: &Path, generate: impl FnOnce() -> String) -> Result<(Str
 }
 
 fn sqlite_url(data_dir: &Path) -> String {
-    format!(
-        "sqlite://{}?mode=rwc",
-        data_dir.join("deltallm.db").display()
-    )
+    format!("sqlite://{}?mode=rwc", data_dir.join("deltallm.db").display())
 }
 
 /// Resolve keys and the database URL (CFG-2 precedence: env > config > `DATABASE_URL`).
 pub fn resolve(loaded: &LoadedConfig) -> Result<ResolvedKeys, Error> {
     let g = &loaded.config.general_settings;
-    let database_url = g.database_url.clone().or_else(|| {
-        std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|s| !s.trim().is_empty())
-    });
-    let previous_salt_keys = g
-        .previous_salt_keys
-        .iter()
-        .cloned()
-        .map(SecretString::new)
-        .collect();
+    let database_url =
+        g.database_url.clone().or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.trim().is_empty()));
+    let previous_salt_keys = g.previous_salt_keys.iter().cloned().map(SecretString::new).collect();
     let explicit_master = g.master_key.clone();
     let explicit_salt = g.salt_key.clone();
     if let Some(k) = &explicit_master {
@@ -151,10 +132,7 @@ pub fn resolve(loaded: &LoadedConfig) -> Result<ResolvedKeys, Error> {
                     Some(u) => u,
                     None => {
                         fs::create_dir_all(&data_dir).map_err(|e| {
-                            Error::Io(format!(
-                                "cannot create data directory {}: {e}",
-                                data_dir.display()
-                            ))
+                            Error::Io(format!("cannot create data directory {}: {e}", data_dir.display()))
                         })?;
                         sqlite_url(&data_dir)
                     }
@@ -166,20 +144,12 @@ pub fn resolve(loaded: &LoadedConfig) -> Result<ResolvedKeys, Error> {
 
 /// Keys for the embedded default: explicit ones win; otherwise generated once
 /// into `<data_dir>/master_key` and `<data_dir>/salt_key`.
-fn embedded_keys(
-    data_dir: &PathBuf,
-    master: Option<String>,
-    salt: Option<String>,
-) -> Result<(String, String), Error> {
+fn embedded_keys(data_dir: &PathBuf, master: Option<String>, salt: Option<String>) -> Result<(String, String), Error> {
     if master.is_some() && salt.is_some() {
         return Ok((master.unwrap_or_default(), salt.unwrap_or_default()));
     }
-    fs::create_dir_all(data_dir).map_err(|e| {
-        Error::Io(format!(
-            "cannot create data directory {}: {e}",
-            data_dir.display()
-        ))
-    })?;
+    fs::create_dir_all(data_dir)
+        .map_err(|e| Error::Io(format!("cannot create data directory {}: {e}", data_dir.display())))?;
     let master = match master {
         Some(m) => m,
         None => {

@@ -57,15 +57,12 @@ pub fn describe_database(url: &str) -> String {
 
 /// Connect to the database and run migrations.
 pub async fn connect_store(url: &str, ring: KeyRing) -> Result<Store, Error> {
-    let store = Store::connect(url, ring).await.map_err(|e| {
-        Error::Database(format!("cannot connect to {}: {e}", describe_database(url)))
-    })?;
-    Migrator::up(store.connection(), None).await.map_err(|e| {
-        Error::Database(format!(
-            "migrations failed on {}: {e}",
-            describe_database(url)
-        ))
-    })?;
+    let store = Store::connect(url, ring)
+        .await
+        .map_err(|e| Error::Database(format!("cannot connect to {}: {e}", describe_database(url))))?;
+    Migrator::up(store.connection(), None)
+        .await
+        .map_err(|e| Error::Database(format!("migrations failed on {}: {e}", describe_database(url))))?;
     Ok(store)
 }
 
@@ -83,10 +80,5 @@ pub async fn prepare(config_path: Option<PathBuf>) -> Result<Prepared, Error> {
     let store = connect_store(&keys.database_url, ring).await?;
     let listen = loaded.listen_addr()?;
     let settings = loaded.gateway_settings(keys.master_key.clone())?;
-    Ok(Prepared {
-        settings,
-        store,
-        listen,
-        database: describe_database(&keys.database_url),
-    })
+    Ok(Prepared { settings, store, listen, database: describe_database(&keys.database_url) })
 }

@@ -30,9 +30,7 @@ pub async fn shutdown_signal() {
 
 /// Bind `addr`, failing with a message that names it.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| crate::Error::Io(format!("cannot listen on {addr}: {e}")))
+    TcpListener::bind(addr).await.map_err(|e| crate::Error::Io(format!("cannot listen on {addr}: {e}")))
 }
 
 /// Flush pending spend records before exit.

@@ -24,13 +24,7 @@ pub struct Error {
 impl Error {
     /// A new error.
     pub fn new(kind: ApiErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            code: None,
-            param: None,
-            retry_after: None,
-        }
+        Self { kind, message: message.into(), code: None, param: None, retry_after: None }
     }
 
     /// 400.

@@ -41,9 +41,7 @@ fn config_deployments(settings: &GatewaySettings) -> Result<Vec<Deployment>, Str
             .map_err(|e| format!("model_list[{index}] ({name}): {e}"))?;
         let input = valid.input;
         out.push(Deployment {
-            deployment_id: input
-                .deployment_id
-                .unwrap_or_else(|| format!("{}-{index}", input.model_name)),
+            deployment_id: input.deployment_id.unwrap_or_else(|| format!("{}-{index}", input.model_name)),
             model_name: input.model_name,
             named_credential_id: input.named_credential_id,
             deltallm_params: input.deltallm_params,
@@ -81,12 +79,7 @@ impl Gateway {
             let detail: Vec<String> = unreadable
                 .iter()
                 .map(|u| {
-                    format!(
-                        "key id '{}' ({} record{})",
-                        u.key_id,
-                        u.records,
-                        if u.records == 1 { "" } else { "s" }
-                    )
+                    format!("key id '{}' ({} record{})", u.key_id, u.records, if u.records == 1 { "" } else { "s" })
                 })
                 .collect();
             return Err(StartError::Keys(format!(
@@ -103,10 +96,7 @@ impl Gateway {
             match store.count_deployments().await {
                 Ok(0) => {
                     let n = store.insert_missing_deployments(&from_config).await?;
-                    tracing::info!(
-                        inserted = n,
-                        "bootstrapped deployments from config model_list"
-                    );
+                    tracing::info!(inserted = n, "bootstrapped deployments from config model_list");
                 }
                 Ok(_) => {}
                 Err(e) if settings.deployment_source == DeploymentSource::Hybrid => {
@@ -187,11 +177,7 @@ impl Gateway {
         let credentials = inner.store.all_credentials().await?;
         let previous = inner.registry.load();
         let next = registry::build(deployments, &credentials, &inner.settings, Some(&previous));
-        tracing::info!(
-            targets = next.entries.len(),
-            deployments = next.deployments.len(),
-            "registry rebuilt"
-        );
+        tracing::info!(targets = next.entries.len(), deployments = next.deployments.len(), "registry rebuilt");
         inner.registry.store(Arc::new(next));
         Ok(())
     }
@@ -200,24 +186,15 @@ impl Gateway {
     pub fn check_master_key(&self, presented: Option<&str>) -> Result<()> {
         use deltallm_domain::ApiErrorKind;
         let Some(presented) = presented.filter(|p| !p.is_empty()) else {
-            return Err(Error::new(
-                ApiErrorKind::Authentication,
-                "Authentication required",
-            ));
+            return Err(Error::new(ApiErrorKind::Authentication, "Authentication required"));
         };
         let Some(master) = &self.inner.settings.master_key else {
-            return Err(Error::new(
-                ApiErrorKind::ServiceUnavailable,
-                "No master key is configured",
-            ));
+            return Err(Error::new(ApiErrorKind::ServiceUnavailable, "No master key is configured"));
         };
         if deltallm_secrets::constant_time_eq(presented, master.expose()) {
             Ok(())
         } else {
-            Err(Error::new(
-                ApiErrorKind::Authentication,
-                "Invalid master key",
-            ))
+            Err(Error::new(ApiErrorKind::Authentication, "Invalid master key"))
         }
     }
 }

@@ -66,10 +66,7 @@ impl Pricing {
     /// Cost of one unit of usage (cost-based routing): input + output token price.
     pub fn unit_cost(&self) -> Option<f64> {
         match (self.input_per_token, self.output_per_token) {
-            (None, None) => self
-                .input_per_image
-                .or(self.input_per_character)
-                .or(self.input_per_second),
+            (None, None) => self.input_per_image.or(self.input_per_character).or(self.input_per_second),
             (i, o) => Some(i.unwrap_or(0.0) + o.unwrap_or(0.0)),
         }
     }
@@ -83,44 +80,25 @@ impl Pricing {
         };
         match mode {
             Mode::ImageGeneration => match self.input_per_image {
-                Some(p) => Cost {
-                    usd: round10(units.images as f64 * p),
-                    billing_unit: "image",
-                    unpriced_reason: None,
-                },
+                Some(p) => Cost { usd: round10(units.images as f64 * p), billing_unit: "image", unpriced_reason: None },
                 None => unpriced("image", "no input_cost_per_image configured"),
             },
             Mode::AudioSpeech => {
                 if let (Some(_), true) = (self.input_per_token, units.prompt_tokens > 0) {
                     self.token_cost(units)
                 } else if let Some(p) = self.input_per_character {
-                    Cost {
-                        usd: round10(units.characters as f64 * p),
-                        billing_unit: "character",
-                        unpriced_reason: None,
-                    }
+                    Cost { usd: round10(units.characters as f64 * p), billing_unit: "character", unpriced_reason: None }
                 } else if let Some(p) = self.input_per_second {
-                    Cost {
-                        usd: round10(units.seconds * p),
-                        billing_unit: "second",
-                        unpriced_reason: None,
-                    }
+                    Cost { usd: round10(units.seconds * p), billing_unit: "second", unpriced_reason: None }
                 } else {
-                    unpriced(
-                        "character",
-                        "no token, character or second price configured",
-                    )
+                    unpriced("character", "no token, character or second price configured")
                 }
             }
             Mode::AudioTranscription => {
                 if let (Some(_), true) = (self.input_per_token, units.prompt_tokens > 0) {
                     self.token_cost(units)
                 } else if let Some(p) = self.input_per_second {
-                    Cost {
-                        usd: round10(units.seconds * p),
-                        billing_unit: "second",
-                        unpriced_reason: None,
-                    }
+                    Cost { usd: round10(units.seconds * p), billing_unit: "second", unpriced_reason: None }
                 } else {
                     unpriced("second", "no token or second price configured")
                 }
@@ -142,14 +120,9 @@ impl Pricing {
             Some(p) => (u.prompt_tokens - cached, cached as f64 * p),
             None => (u.prompt_tokens, 0.0),
         };
-        let usd = uncached as f64 * input
-            + cached_price
-            + u.completion_tokens as f64 * self.output_per_token.unwrap_or(0.0);
-        Cost {
-            usd: round10(usd),
-            billing_unit: "token",
-            unpriced_reason: None,
-        }
+        let usd =
+            uncached as f64 * input + cached_price + u.completion_tokens as f64 * self.output_per_token.unwrap_or(0.0);
+        Cost { usd: round10(usd), billing_unit: "token", unpriced_reason: None }
     }
 }
 
@@ -165,16 +138,8 @@ mod tests {
 
     #[test]
     fn token_cost_uses_input_and_output_prices() {
-        let p =
-            pricing(json!({"input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}));
-        let c = p.cost(
-            Mode::Chat,
-            &Units {
-                prompt_tokens: 100,
-                completion_tokens: 50,
-                ..Default::default()
-            },
-        );
+        let p = pricing(json!({"input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}));
+        let c = p.cost(Mode::Chat, &Units { prompt_tokens: 100, completion_tokens: 50, ..Default::default() });
         assert_eq!(c.usd, 0.0002);
         assert_eq!(c.billing_unit, "token");
         assert!(c.unpriced_reason.is_none());
@@ -182,29 +147,14 @@ mod tests {
 
     #[test]
     fn cached_tokens_use_cache_hit_price() {
-        let p = pricing(
-            json!({"input_cost_per_token": 0.00001, "input_cost_per_token_cache_hit": 0.000001}),
-        );
-        let c = p.cost(
-            Mode::Chat,
-            &Units {
-                prompt_tokens: 100,
-                prompt_tokens_cached: 40,
-                ..Default::default()
-            },
-        );
+        let p = pricing(json!({"input_cost_per_token": 0.00001, "input_cost_per_token_cache_hit": 0.000001}));
+        let c = p.cost(Mode::Chat, &Units { prompt_tokens: 100, prompt_tokens_cached: 40, ..Default::default() });
         assert_eq!(c.usd, 0.00064);
     }
 
     #[test]
     fn unpriced_is_zero_with_reason() {
-        let c = pricing(json!({})).cost(
-            Mode::Chat,
-            &Units {
-                prompt_tokens: 10,
-                ..Default::default()
-            },
-        );
+        let c = pricing(json!({})).cost(Mode::Chat, &Units { prompt_tokens: 10, ..Default::default() });
         assert_eq!(c.usd, 0.0);
         assert!(c.unpriced_reason.is_some());
     }
@@ -214,32 +164,10 @@ mod tests {
         let p = pricing(
             json!({"input_cost_per_image": 0.04, "input_cost_per_character": 0.000015, "input_cost_per_second": 0.0001}),
         );
-        assert_eq!(
-            p.cost(
-                Mode::ImageGeneration,
-                &Units {
-                    images: 3,
-                    ..Default::default()
-                }
-            )
-            .usd,
-            0.12
-        );
-        let speech = p.cost(
-            Mode::AudioSpeech,
-            &Units {
-                characters: 1000,
-                ..Default::default()
-            },
-        );
+        assert_eq!(p.cost(Mode::ImageGeneration, &Units { images: 3, ..Default::default() }).usd, 0.12);
+        let speech = p.cost(Mode::AudioSpeech, &Units { characters: 1000, ..Default::default() });
         assert_eq!((speech.usd, speech.billing_unit), (0.015, "character"));
-        let tr = p.cost(
-            Mode::AudioTranscription,
-            &Units {
-                seconds: 30.0,
-                ..Default::default()
-            },
-        );
+        let tr = p.cost(Mode::AudioTranscription, &Units { seconds: 30.0, ..Default::default() });
         assert_eq!((tr.usd, tr.billing_unit), (0.003, "second"));
     }
 }

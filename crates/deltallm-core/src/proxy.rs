@@ -11,9 +11,7 @@ use bytes::Bytes;
 use deltallm_domain::ApiErrorKind;
 use deltallm_domain::deployment::Mode;
 use deltallm_providers::{ChatStream, FormField, Operation, Reply, RequestBody, Usage};
-use deltallm_router::{
-    Backoff, Member, Strategy, UnixMs, failover_order, parse_strategy_or_default, select,
-};
+use deltallm_router::{Backoff, Member, Strategy, UnixMs, failover_order, parse_strategy_or_default, select};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
@@ -150,11 +148,7 @@ pub struct ProxyError {
 
 impl From<Error> for ProxyError {
     fn from(error: Error) -> Self {
-        Self {
-            error,
-            route: None,
-            overhead: Duration::ZERO,
-        }
+        Self { error, route: None, overhead: Duration::ZERO }
     }
 }
 
@@ -171,13 +165,7 @@ struct Metadata<'a> {
 }
 
 fn provider_error(e: &deltallm_providers::Error) -> Error {
-    Error {
-        kind: e.api_kind(),
-        message: e.client_message(),
-        code: None,
-        param: None,
-        retry_after: e.retry_after,
-    }
+    Error { kind: e.api_kind(), message: e.client_message(), code: None, param: None, retry_after: e.retry_after }
 }
 
 /// Units consumed, from the upstream usage and the request.
@@ -201,23 +189,11 @@ fn units_of(endpoint: Endpoint, usage: Option<&Usage>, body: Option<&RequestBody
 }
 
 impl Gateway {
-    fn resolve_target(
-        &self,
-        model: &str,
-        endpoint: Endpoint,
-    ) -> Result<(Arc<crate::registry::Registry>, Arc<Entry>)> {
+    fn resolve_target(&self, model: &str, endpoint: Endpoint) -> Result<(Arc<crate::registry::Registry>, Arc<Entry>)> {
         let registry = self.registry();
-        let group = self
-            .settings()
-            .router
-            .model_group_alias
-            .get(model)
-            .map_or(model, String::as_str);
+        let group = self.settings().router.model_group_alias.get(model).map_or(model, String::as_str);
         let Some(entry) = registry.entries.get(group).cloned() else {
-            return Err(
-                Error::not_found(format!("Model '{model}' is not configured"))
-                    .with_code("model_not_found"),
-            );
+            return Err(Error::not_found(format!("Model '{model}' is not configured")).with_code("model_not_found"));
         };
         let mode = entry.mode();
         if mode != endpoint.mode() {
@@ -240,16 +216,12 @@ impl Gateway {
         let parsed = RequestBody::parse(&body).map_err(|e| Error::invalid(e.message))?;
         let model = match parsed.get("model") {
             None => {
-                return Err(Error::invalid("'model' is required")
-                    .with_param("model")
-                    .into());
+                return Err(Error::invalid("'model' is required").with_param("model").into());
             }
             Some(_) => parsed
                 .model()
                 .filter(|m| !m.trim().is_empty())
-                .ok_or_else(|| {
-                    Error::invalid("'model' must be a non-empty string").with_param("model")
-                })?,
+                .ok_or_else(|| Error::invalid("'model' must be a non-empty string").with_param("model"))?,
         };
         let metadata: Option<Metadata<'_>> = parsed
             .parse_field("metadata")
@@ -257,26 +229,17 @@ impl Gateway {
         let tags: Vec<&str> = metadata
             .as_ref()
             .and_then(|m| m.tags.as_ref())
-            .map(|t| {
-                t.iter()
-                    .map(|s| s.as_ref())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
+            .map(|t| t.iter().map(|s| s.as_ref()).filter(|s| !s.is_empty()).collect())
             .unwrap_or_default();
         let stream = parsed.stream();
         if stream && endpoint != Endpoint::ChatCompletions && endpoint != Endpoint::Completions {
-            return Err(
-                Error::invalid(format!("stream is not supported on {}", endpoint.path()))
-                    .with_param("stream")
-                    .into(),
-            );
+            return Err(Error::invalid(format!("stream is not supported on {}", endpoint.path()))
+                .with_param("stream")
+                .into());
         }
         let (_registry, entry) = self.resolve_target(&model, endpoint)?;
         let spend = SpendContext::new(endpoint.call_type(), &model, stream, &tags);
-        let result = self
-            .route_and_call(&entry, endpoint, Payload::Json(&parsed), &tags, started)
-            .await;
+        let result = self.route_and_call(&entry, endpoint, Payload::Json(&parsed), &tags, started).await;
         self.finish(result, endpoint, Some(&parsed), spend, started)
     }
 
@@ -290,9 +253,7 @@ impl Gateway {
         let endpoint = Endpoint::AudioTranscriptions;
         let (_registry, entry) = self.resolve_target(model, endpoint)?;
         let spend = SpendContext::new(endpoint.call_type(), model, false, &[]);
-        let result = self
-            .route_and_call(&entry, endpoint, Payload::Form(&fields), &[], started)
-            .await;
+        let result = self.route_and_call(&entry, endpoint, Payload::Form(&fields), &[], started).await;
         self.finish(result, endpoint, None, spend, started)
     }
 
@@ -307,12 +268,10 @@ impl Gateway {
         let served = match result {
             Ok(s) => s,
             Err(e) => {
-                let provider = e.route.as_ref().and_then(|r| {
-                    self.registry()
-                        .deployments
-                        .get(r.served.as_ref())
-                        .map(|d| d.provider.clone())
-                });
+                let provider = e
+                    .route
+                    .as_ref()
+                    .and_then(|r| self.registry().deployments.get(r.served.as_ref()).map(|d| d.provider.clone()));
                 self.record_spend(spend.failure(&e, provider, started));
                 return Err(e);
             }
@@ -323,31 +282,13 @@ impl Gateway {
         let body = match served.reply {
             Reply::Json { body: bytes, usage } => {
                 let units = units_of(endpoint, usage.as_ref(), body);
-                self.record_spend(spend.success(
-                    &deployment,
-                    endpoint,
-                    &units,
-                    &served.route,
-                    started,
-                ));
+                self.record_spend(spend.success(&deployment, endpoint, &units, &served.route, started));
                 ProxyBody::Json(bytes)
             }
-            Reply::Binary {
-                content_type,
-                body: bytes,
-            } => {
+            Reply::Binary { content_type, body: bytes } => {
                 let units = units_of(endpoint, None, body);
-                self.record_spend(spend.success(
-                    &deployment,
-                    endpoint,
-                    &units,
-                    &served.route,
-                    started,
-                ));
-                ProxyBody::Binary {
-                    content_type,
-                    body: bytes,
-                }
+                self.record_spend(spend.success(&deployment, endpoint, &units, &served.route, started));
+                ProxyBody::Binary { content_type, body: bytes }
             }
             Reply::Stream(stream) => ProxyBody::Stream(crate::streaming::framed(
                 self.clone(),
@@ -359,12 +300,7 @@ impl Gateway {
                 started,
             )),
         };
-        Ok(ProxyResponse {
-            body,
-            route: served.route,
-            overhead,
-            request_id,
-        })
+        Ok(ProxyResponse { body, route: served.route, overhead, request_id })
     }
 
     pub(crate) fn record_spend(&self, record: deltallm_storage::SpendRecord) {
@@ -383,14 +319,9 @@ impl Gateway {
         let settings = &self.settings().router;
         let strategy = parse_strategy_or_default(Some(&settings.routing_strategy));
         let now = UnixMs::now();
-        let Some(primary) = select(
-            &entry.members,
-            strategy,
-            tags,
-            settings.enable_pre_call_checks,
-            now,
-            &mut rand::rng(),
-        ) else {
+        let Some(primary) =
+            select(&entry.members, strategy, tags, settings.enable_pre_call_checks, now, &mut rand::rng())
+        else {
             return Err(Error::new(
                 ApiErrorKind::ServiceUnavailable,
                 format!("No healthy deployments available for model '{}'", entry.key),
@@ -398,9 +329,7 @@ impl Gateway {
             .with_code("no_healthy_deployments")
             .into());
         };
-        let deadline = Duration::try_from_secs_f64(settings.timeout)
-            .ok()
-            .filter(|d| !d.is_zero());
+        let deadline = Duration::try_from_secs_f64(settings.timeout).ok().filter(|d| !d.is_zero());
         let backoff = Backoff::from_retry_after_secs(settings.retry_after);
         let mut upstream_time = Duration::ZERO;
         let mut attempts = 0u32;
@@ -417,9 +346,7 @@ impl Gateway {
 
         for idx in failover_order(&entry.members, primary) {
             let member: &Member<ResolvedDeployment> = &entry.members[idx];
-            if idx != primary
-                && (!member.state.is_available(UnixMs::now()) || !member.meta.has_all_tags(tags))
-            {
+            if idx != primary && (!member.state.is_available(UnixMs::now()) || !member.meta.has_all_tags(tags)) {
                 continue;
             }
             let Some(conn) = member.target.connection.as_ref() else {
@@ -433,23 +360,13 @@ impl Gateway {
                 let guard = member.state.begin_owned();
                 let t0 = Instant::now();
                 let outcome = match &payload {
-                    Payload::Json(body) => {
-                        self.providers()
-                            .call(conn, endpoint.operation(), body, deadline)
-                            .await
-                    }
-                    Payload::Form(fields) => {
-                        self.providers()
-                            .transcribe(conn, fields.to_vec(), deadline)
-                            .await
-                    }
+                    Payload::Json(body) => self.providers().call(conn, endpoint.operation(), body, deadline).await,
+                    Payload::Form(fields) => self.providers().transcribe(conn, fields.to_vec(), deadline).await,
                 };
                 // A stream counts as served only once its first chunk arrives (RUN-14).
                 let outcome = match outcome {
                     Ok(Reply::Stream(mut s)) => {
-                        match first_chunk(&mut s, deadline.map(|d| d.saturating_sub(t0.elapsed())))
-                            .await
-                        {
+                        match first_chunk(&mut s, deadline.map(|d| d.saturating_sub(t0.elapsed()))).await {
                             Ok(first) => Ok((Reply::Stream(s), Some(first))),
                             Err(e) => Err(e),
                         }
@@ -479,11 +396,7 @@ impl Gateway {
                         drop(guard);
                         let health_affecting = e.health_affecting();
                         if health_affecting
-                            && member.state.record_failure(
-                                &e.message,
-                                &self.inner.cooldown,
-                                UnixMs::now(),
-                            )
+                            && member.state.record_failure(&e.message, &self.inner.cooldown, UnixMs::now())
                         {
                             tracing::warn!(deployment_id = %member.meta.deployment_id, error = %e.message, "deployment entered cooldown");
                         }
@@ -528,24 +441,17 @@ impl Gateway {
 
 /// Wait for the first chunk of a stream; an error or an empty stream is a
 /// (health-affecting) failure that may still fail over.
-async fn first_chunk(
-    s: &mut ChatStream,
-    deadline: Option<Duration>,
-) -> Result<Bytes, deltallm_providers::Error> {
+async fn first_chunk(s: &mut ChatStream, deadline: Option<Duration>) -> Result<Bytes, deltallm_providers::Error> {
     let next = async {
         match s.next().await {
             Some(Ok(b)) => Ok(b),
             Some(Err(e)) => Err(e),
-            None => Err(deltallm_providers::Error::transport(
-                "upstream stream ended before the first chunk",
-            )),
+            None => Err(deltallm_providers::Error::transport("upstream stream ended before the first chunk")),
         }
     };
     match deadline {
         Some(d) => tokio::time::timeout(d, next).await.unwrap_or_else(|_| {
-            Err(deltallm_providers::Error::timeout(
-                "upstream did not start streaming before the deadline",
-            ))
+            Err(deltallm_providers::Error::timeout("upstream did not start streaming before the deadline"))
         }),
         None => next.await,
     }

@@ -89,11 +89,7 @@ impl Registry {
 /// gets the global OpenAI key; a missing base URL gets the provider preset, or
 /// the global OpenAI base URL for OpenAI-compatible providers without one.
 /// The global key is deliberately not handed to other providers' hosts.
-fn apply_runtime_defaults(
-    provider_key: &str,
-    params: &mut Map<String, Value>,
-    settings: &GatewaySettings,
-) {
+fn apply_runtime_defaults(provider_key: &str, params: &mut Map<String, Value>, settings: &GatewaySettings) {
     if str_field(params, "api_key").is_none()
         && provider::canonical(provider_key) == "openai"
         && let Some(key) = &settings.openai_api_key
@@ -101,9 +97,7 @@ fn apply_runtime_defaults(
         params.insert("api_key".into(), Value::String(key.expose().to_owned()));
     }
     if str_field(params, "api_base").is_none() {
-        let preset = provider::lookup(provider_key)
-            .and_then(|p| p.api_base)
-            .filter(|b| !b.contains('{'));
+        let preset = provider::lookup(provider_key).and_then(|p| p.api_base).filter(|b| !b.contains('{'));
         let base = match preset {
             Some(b) => b.to_owned(),
             None => settings.openai_base_url.clone(),
@@ -119,43 +113,24 @@ pub fn build(
     settings: &GatewaySettings,
     previous: Option<&Registry>,
 ) -> Registry {
-    let creds: HashMap<&str, &NamedCredential> = credentials
-        .iter()
-        .map(|c| (c.credential_id.as_str(), c))
-        .collect();
-    let mut registry = Registry {
-        built_at: chrono::Utc::now().timestamp(),
-        ..Default::default()
-    };
+    let creds: HashMap<&str, &NamedCredential> = credentials.iter().map(|c| (c.credential_id.as_str(), c)).collect();
+    let mut registry = Registry { built_at: chrono::Utc::now().timestamp(), ..Default::default() };
     let mut order: Vec<Arc<str>> = Vec::new();
     let mut members: HashMap<Arc<str>, Vec<Member<ResolvedDeployment>>> = HashMap::new();
 
     for record in deployments {
         let id: Arc<str> = Arc::from(record.deployment_id.as_str());
-        let state = previous
-            .and_then(|p| p.state_of(&id).cloned())
-            .unwrap_or_else(|| Arc::new(DeploymentState::new()));
+        let state = previous.and_then(|p| p.state_of(&id).cloned()).unwrap_or_else(|| Arc::new(DeploymentState::new()));
         let provider_key = record.provider();
-        let credential = record
-            .named_credential_id
-            .as_deref()
-            .and_then(|cid| creds.get(cid).copied());
-        let mut params = effective_params(
-            &record.deltallm_params,
-            credential.map(|c| &c.connection_config),
-        );
+        let credential = record.named_credential_id.as_deref().and_then(|cid| creds.get(cid).copied());
+        let mut params = effective_params(&record.deltallm_params, credential.map(|c| &c.connection_config));
         apply_runtime_defaults(&provider_key, &mut params, settings);
         let default_params = match record.model_info.get("default_params") {
             Some(Value::Object(m)) => Some(m),
             _ => None,
         };
-        let (connection, connection_error) = if record.named_credential_id.is_some()
-            && credential.is_none()
-        {
-            (
-                None,
-                Some("linked named credential does not exist".to_owned()),
-            )
+        let (connection, connection_error) = if record.named_credential_id.is_some() && credential.is_none() {
+            (None, Some("linked named credential does not exist".to_owned()))
         } else {
             match Connection::build(&provider_key, &params, default_params) {
                 Ok(c) => (Some(c), None),
@@ -187,22 +162,11 @@ pub fn build(
             order.push(key.clone());
             Vec::new()
         });
-        list.push(Member {
-            meta,
-            state,
-            target: resolved,
-        });
+        list.push(Member { meta, state, target: resolved });
     }
     for key in order {
         let list = members.remove(&key).unwrap_or_default();
-        registry.entries.insert(
-            key.clone(),
-            Arc::new(Entry {
-                key,
-                kind: TargetKind::Model,
-                members: list,
-            }),
-        );
+        registry.entries.insert(key.clone(), Arc::new(Entry { key, kind: TargetKind::Model, members: list }));
     }
     let mut keys: Vec<Arc<str>> = registry.entries.keys().cloned().collect();
     keys.sort();

@@ -28,10 +28,7 @@ impl SpendQueue {
     pub fn start(store: Store, capacity: usize) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         tokio::spawn(writer(store, rx));
-        Self {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-        }
+        Self { tx, dropped: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Queue a record without waiting.
@@ -152,9 +149,7 @@ impl SpendContext {
         route: &crate::proxy::RouteDecision,
         started: std::time::Instant,
     ) -> SpendRecord {
-        self.served(
-            deployment, endpoint, units, route, started, "success", 200, None,
-        )
+        self.served(deployment, endpoint, units, route, started, "success", 200, None)
     }
 
     /// A served request with an explicit outcome (streams cut or abandoned).

@@ -95,16 +95,7 @@ pub(crate) fn framed(
     started: Instant,
 ) -> BoxStream<'static, Bytes> {
     let usage = upstream.usage();
-    let state = State {
-        gateway,
-        first: Some(first),
-        upstream,
-        usage,
-        deployment,
-        spend: Some(spend),
-        route,
-        started,
-    };
+    let state = State { gateway, first: Some(first), upstream, usage, deployment, spend: Some(spend), route, started };
     futures_util::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
         if let Some(first) = state.first.take() {

@@ -13,13 +13,9 @@ pub fn validate_name(raw: &str) -> Result<String> {
     if name.is_empty() {
         return Err(Error::invalid("auth_header_name must not be empty"));
     }
-    let token = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let token = name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !token {
-        return Err(Error::invalid(format!(
-            "auth_header_name '{name}' is not a valid HTTP header name"
-        )));
+        return Err(Error::invalid(format!("auth_header_name '{name}' is not a valid HTTP header name")));
     }
     if name.eq_ignore_ascii_case("content-type") {
         return Err(Error::invalid("auth_header_name must not be Content-Type"));
@@ -78,9 +74,7 @@ pub fn validate_format(raw: &str) -> Result<String> {
     }
     let pieces = parse(format)?;
     if !pieces.contains(&Piece::Key) {
-        return Err(Error::invalid(
-            "auth_header_format must include the {api_key} placeholder",
-        ));
+        return Err(Error::invalid("auth_header_format must include the {api_key} placeholder"));
     }
     Ok(format.to_owned())
 }
@@ -101,13 +95,8 @@ pub fn render(format: &str, api_key: &str) -> Result<String> {
 /// The effective (name, format) pair: a field left unset keeps its default.
 pub fn effective<'a>(name: Option<&'a str>, format: Option<&'a str>) -> (&'a str, &'a str) {
     (
-        name.map(str::trim)
-            .filter(|s| !s.is_empty())
-            .unwrap_or(DEFAULT_NAME),
-        format
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .unwrap_or(DEFAULT_FORMAT),
+        name.map(str::trim).filter(|s| !s.is_empty()).unwrap_or(DEFAULT_NAME),
+        format.map(str::trim).filter(|s| !s.is_empty()).unwrap_or(DEFAULT_FORMAT),
     )
 }
 
@@ -136,28 +125,14 @@ mod tests {
     #[test]
     fn header_names_follow_val_6() {
         assert_eq!(validate_name("  X-API-Key ").unwrap(), "X-API-Key");
-        for bad in [
-            "",
-            "  ",
-            "Bad Header",
-            "x:y",
-            "content-type",
-            "Content-Type",
-            "naïve",
-        ] {
+        for bad in ["", "  ", "Bad Header", "x:y", "content-type", "Content-Type", "naïve"] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn formats_follow_val_7_and_edge_4() {
-        for ok in [
-            "{api_key}",
-            "Bearer {api_key}",
-            "Token {api_key}",
-            "{api_key}:{api_key}",
-            "{{lit}} {api_key}",
-        ] {
+        for ok in ["{api_key}", "Bearer {api_key}", "Token {api_key}", "{api_key}:{api_key}", "{{lit}} {api_key}"] {
             assert!(validate_format(ok).is_ok(), "{ok:?}");
         }
         let cases = [
@@ -167,10 +142,7 @@ mod tests {
             ("Bearer {0}", "only use the {api_key}"),
             ("{api_key:>10}", "only use the {api_key}"),
             ("{api_key!r}", "only use the {api_key}"),
-            (
-                "Token {{api_key}}",
-                "must include the {api_key} placeholder",
-            ),
+            ("Token {{api_key}}", "must include the {api_key} placeholder"),
             ("Bearer", "must include the {api_key} placeholder"),
             ("Bearer {api_key", "unclosed"),
             ("Bearer } {api_key}", "unmatched"),
@@ -189,26 +161,11 @@ mod tests {
 
     #[test]
     fn labels_follow_adm_3_and_edge_6() {
-        assert_eq!(
-            custom_label("Authorization", "Token {api_key}").as_deref(),
-            Some("Authorization (Token)")
-        );
-        assert_eq!(
-            custom_label("X-API-Key", "{api_key}").as_deref(),
-            Some("X-API-Key")
-        );
-        assert_eq!(
-            custom_label("Authorization", "{api_key}").as_deref(),
-            Some("Authorization (custom)")
-        );
+        assert_eq!(custom_label("Authorization", "Token {api_key}").as_deref(), Some("Authorization (Token)"));
+        assert_eq!(custom_label("X-API-Key", "{api_key}").as_deref(), Some("X-API-Key"));
+        assert_eq!(custom_label("Authorization", "{api_key}").as_deref(), Some("Authorization (custom)"));
         assert_eq!(custom_label("Authorization", "Bearer {api_key}"), None);
-        assert_eq!(
-            effective(Some("X-Key"), None),
-            ("X-Key", "Bearer {api_key}")
-        );
-        assert_eq!(
-            effective(None, Some("Token {api_key}")),
-            ("Authorization", "Token {api_key}")
-        );
+        assert_eq!(effective(Some("X-Key"), None), ("X-Key", "Bearer {api_key}"));
+        assert_eq!(effective(None, Some("Token {api_key}")), ("Authorization", "Token {api_key}"));
     }
 }

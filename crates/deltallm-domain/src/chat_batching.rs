@@ -48,13 +48,8 @@ impl ChatBatching {
     }
 }
 
-const FIELDS: [&str; 5] = [
-    "mode",
-    "max_in_flight",
-    "upstream_max_batch_size",
-    "max_total_input_tokens",
-    "require_homogeneous_params",
-];
+const FIELDS: [&str; 5] =
+    ["mode", "max_in_flight", "upstream_max_batch_size", "max_total_input_tokens", "require_homogeneous_params"];
 
 fn positive_int(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
     match obj.get(key) {
@@ -62,13 +57,9 @@ fn positive_int(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) if v >= 1 => Ok(Some(v)),
-            _ => Err(Error::invalid(format!(
-                "chat_batching.{key} must be an integer >= 1"
-            ))),
+            _ => Err(Error::invalid(format!("chat_batching.{key} must be an integer >= 1"))),
         },
-        Some(_) => Err(Error::invalid(format!(
-            "chat_batching.{key} must be an integer >= 1"
-        ))),
+        Some(_) => Err(Error::invalid(format!("chat_batching.{key} must be an integer >= 1"))),
     }
 }
 
@@ -80,9 +71,7 @@ pub fn parse(value: Option<&Value>) -> Result<Option<ChatBatching>> {
         Some(_) => return Err(Error::invalid("chat_batching must be an object or null")),
     };
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(Error::invalid(format!(
-            "chat_batching.{unknown} is not a known field"
-        )));
+        return Err(Error::invalid(format!("chat_batching.{unknown} is not a known field")));
     }
     let mode = match obj.get("mode") {
         None | Some(Value::Null) => ChatBatchingMode::Concurrent,
@@ -105,16 +94,12 @@ pub fn parse(value: Option<&Value>) -> Result<Option<ChatBatching>> {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
-            return Err(Error::invalid(
-                "chat_batching.require_homogeneous_params must be a boolean",
-            ));
+            return Err(Error::invalid("chat_batching.require_homogeneous_params must be a boolean"));
         }
     };
     if mode == ChatBatchingMode::SyncMicrobatch {
         if upstream_max_batch_size.is_none_or(|n| n < 2) {
-            return Err(Error::invalid(
-                "chat_batching.upstream_max_batch_size must be >= 2 for mode sync_microbatch",
-            ));
+            return Err(Error::invalid("chat_batching.upstream_max_batch_size must be >= 2 for mode sync_microbatch"));
         }
         if !require_homogeneous_params {
             return Err(Error::invalid(
@@ -149,22 +134,11 @@ mod tests {
 
     #[test]
     fn val_8_table() {
-        let ok = parse(Some(&json!({"mode": "concurrent", "max_in_flight": 4})))
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (ok.mode, ok.max_in_flight),
-            (ChatBatchingMode::Concurrent, Some(4))
-        );
-        let sync = parse(Some(
-            &json!({"mode": "sync_microbatch", "upstream_max_batch_size": 8}),
-        ))
-        .unwrap()
-        .unwrap();
+        let ok = parse(Some(&json!({"mode": "concurrent", "max_in_flight": 4}))).unwrap().unwrap();
+        assert_eq!((ok.mode, ok.max_in_flight), (ChatBatchingMode::Concurrent, Some(4)));
+        let sync = parse(Some(&json!({"mode": "sync_microbatch", "upstream_max_batch_size": 8}))).unwrap().unwrap();
         assert_eq!(sync.upstream_max_batch_size, Some(8));
-        let blank = parse(Some(&json!({"mode": "concurrent", "max_in_flight": ""})))
-            .unwrap()
-            .unwrap();
+        let blank = parse(Some(&json!({"mode": "concurrent", "max_in_flight": ""}))).unwrap().unwrap();
         assert_eq!(blank.max_in_flight, None);
 
         assert!(err(json!({"mode": "native_async_batch"})).contains("not supported"));
@@ -178,21 +152,18 @@ mod tests {
             err(json!({"mode": "sync_microbatch", "upstream_max_batch_size": 1}))
                 .contains("chat_batching.upstream_max_batch_size")
         );
+        assert!(err(json!({"mode": "sync_microbatch"})).contains("chat_batching.upstream_max_batch_size"));
         assert!(
-            err(json!({"mode": "sync_microbatch"}))
-                .contains("chat_batching.upstream_max_batch_size")
+            err(json!({"mode": "sync_microbatch", "upstream_max_batch_size": 4, "require_homogeneous_params": false}))
+                .contains("require_homogeneous_params")
         );
-        assert!(err(json!({"mode": "sync_microbatch", "upstream_max_batch_size": 4, "require_homogeneous_params": false}))
-            .contains("require_homogeneous_params"));
         assert!(err(json!("concurrent")).contains("object"));
         assert!(err(json!({"bogus": 1})).contains("chat_batching.bogus"));
     }
 
     #[test]
     fn disabled_ignores_stored_numerics() {
-        let d = parse(Some(&json!({"mode": "disabled", "max_in_flight": 9})))
-            .unwrap()
-            .unwrap();
+        let d = parse(Some(&json!({"mode": "disabled", "max_in_flight": 9}))).unwrap().unwrap();
         assert_eq!(d.effective_max_in_flight(), None);
     }
 }

@@ -33,14 +33,8 @@ pub enum Mode {
 
 impl Mode {
     /// All modes, in display order.
-    pub const ALL: [Mode; 6] = [
-        Mode::Chat,
-        Mode::Embedding,
-        Mode::ImageGeneration,
-        Mode::AudioSpeech,
-        Mode::AudioTranscription,
-        Mode::Rerank,
-    ];
+    pub const ALL: [Mode; 6] =
+        [Mode::Chat, Mode::Embedding, Mode::ImageGeneration, Mode::AudioSpeech, Mode::AudioTranscription, Mode::Rerank];
 
     /// Wire name.
     pub fn as_str(self) -> &'static str {
@@ -97,10 +91,7 @@ impl fmt::Debug for Deployment {
             .field("deployment_id", &self.deployment_id)
             .field("model_name", &self.model_name)
             .field("named_credential_id", &self.named_credential_id)
-            .field(
-                "deltallm_params",
-                &redaction::redacted(&Value::Object(self.deltallm_params.clone())),
-            )
+            .field("deltallm_params", &redaction::redacted(&Value::Object(self.deltallm_params.clone())))
             .field("model_info", &self.model_info)
             .finish()
     }
@@ -133,10 +124,7 @@ impl Deployment {
 
     /// DEP-7 priority (lower preferred), default 0.
     pub fn priority(&self) -> u32 {
-        self.model_info
-            .get("priority")
-            .and_then(Value::as_u64)
-            .map_or(0, |p| u32::try_from(p).unwrap_or(u32::MAX))
+        self.model_info.get("priority").and_then(Value::as_u64).map_or(0, |p| u32::try_from(p).unwrap_or(u32::MAX))
     }
 
     /// DEP-7 rpm limit: `model_info.rpm_limit` ?? `deltallm_params.rpm`.
@@ -158,11 +146,7 @@ impl Deployment {
     /// Routing tags (`model_info.tags`).
     pub fn tags(&self) -> Vec<String> {
         match self.model_info.get("tags") {
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
             _ => Vec::new(),
         }
     }
@@ -176,18 +160,14 @@ impl Deployment {
     pub fn inline_credentials_present(&self) -> bool {
         self.named_credential_id.is_none()
             && self.deltallm_params.iter().any(|(k, v)| {
-                (k == "api_key" || k.starts_with("aws_"))
-                    && v.as_str().is_some_and(|s| !s.trim().is_empty())
+                (k == "api_key" || k.starts_with("aws_")) && v.as_str().is_some_and(|s| !s.trim().is_empty())
             })
     }
 }
 
 /// CRED-5: effective params = deployment params overlaid by every credential
 /// key (the credential wins; empty credential values are ignored).
-pub fn effective_params(
-    params: &Map<String, Value>,
-    credential: Option<&Map<String, Value>>,
-) -> Map<String, Value> {
+pub fn effective_params(params: &Map<String, Value>, credential: Option<&Map<String, Value>>) -> Map<String, Value> {
     let mut out = params.clone();
     if let Some(config) = credential {
         for (k, v) in config {
@@ -233,10 +213,7 @@ impl fmt::Debug for DeploymentInput {
             .field("deployment_id", &self.deployment_id)
             .field("model_name", &self.model_name)
             .field("named_credential_id", &self.named_credential_id)
-            .field(
-                "deltallm_params",
-                &redaction::redacted(&Value::Object(self.deltallm_params.clone())),
-            )
+            .field("deltallm_params", &redaction::redacted(&Value::Object(self.deltallm_params.clone())))
             .field("model_info", &self.model_info)
             .finish()
     }
@@ -280,8 +257,7 @@ impl DeploymentInput {
             deployment_id: optional_id(obj, "deployment_id")?.flatten(),
             model_name,
             named_credential_id: optional_id(obj, "named_credential_id")?.flatten(),
-            deltallm_params: object_field(obj, &["deltallm_params", "litellm_params"])?
-                .unwrap_or_default(),
+            deltallm_params: object_field(obj, &["deltallm_params", "litellm_params"])?.unwrap_or_default(),
             model_info: object_field(obj, &["model_info"])?.unwrap_or_default(),
         })
     }
@@ -381,15 +357,9 @@ pub struct WriteRules {
 
 impl WriteRules {
     /// Rules for the admin API (VAL-3).
-    pub const ADMIN: WriteRules = WriteRules {
-        require_provider: true,
-        require_api_base: true,
-    };
+    pub const ADMIN: WriteRules = WriteRules { require_provider: true, require_api_base: true };
     /// Rules for config bootstrap (CFG-4): provider may be inferred, api_base may be filled at runtime.
-    pub const CONFIG: WriteRules = WriteRules {
-        require_provider: false,
-        require_api_base: false,
-    };
+    pub const CONFIG: WriteRules = WriteRules { require_provider: false, require_api_base: false };
 }
 
 /// A write that passed every rule, normalized and ready to store.
@@ -415,9 +385,7 @@ fn trim_string(params: &mut Map<String, Value>, key: &str, blank_is_null: bool) 
             }
         }
         Some(_) => {
-            return Err(Error::invalid(format!(
-                "deltallm_params.{key} must be a string"
-            )));
+            return Err(Error::invalid(format!("deltallm_params.{key} must be a string")));
         }
     }
     Ok(())
@@ -465,19 +433,10 @@ pub fn validate(
     if str_field(params, "model").is_none() {
         return Err(Error::invalid("deltallm_params.model is required"));
     }
-    let provider = provider::infer(
-        params.get("provider").and_then(Value::as_str),
-        str_field(params, "model").unwrap_or(""),
-    );
+    let provider =
+        provider::infer(params.get("provider").and_then(Value::as_str), str_field(params, "model").unwrap_or(""));
 
-    for key in [
-        "api_base",
-        "region",
-        "api_key",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-    ] {
+    for key in ["api_base", "region", "api_key", "aws_access_key_id", "aws_secret_access_key", "aws_session_token"] {
         trim_string(params, key, false)?;
     }
     trim_string(params, "api_version", true)?;
@@ -488,38 +447,24 @@ pub fn validate(
             return Err(Error::invalid("named_credential_id is invalid"));
         };
         if provider::canonical(cred.provider) != provider::canonical(&provider) {
-            return Err(Error::invalid(
-                "Named credential provider does not match deployment provider",
-            ));
+            return Err(Error::invalid("Named credential provider does not match deployment provider"));
         }
         strip_connection_fields(params);
     }
     let effective = effective_params(
         params,
-        credential
-            .filter(|_| input.named_credential_id.is_some())
-            .map(|c| c.connection_config),
+        credential.filter(|_| input.named_credential_id.is_some()).map(|c| c.connection_config),
     );
     if rules.require_api_base && str_field(&effective, "api_base").is_none() {
         return Err(Error::invalid("deltallm_params.api_base is required"));
     }
 
     // Custom auth headers (VAL-5..7), checked on the effective connection.
-    let name = string_field(
-        &effective,
-        "auth_header_name",
-        "deltallm_params.auth_header_name",
-    )?;
-    let format = string_field(
-        &effective,
-        "auth_header_format",
-        "deltallm_params.auth_header_format",
-    )?;
+    let name = string_field(&effective, "auth_header_name", "deltallm_params.auth_header_name")?;
+    let format = string_field(&effective, "auth_header_format", "deltallm_params.auth_header_format")?;
     if name.is_some() || format.is_some() {
         if !provider::allows_custom_auth(&provider) {
-            return Err(Error::invalid(format!(
-                "Custom auth headers are not supported for provider '{provider}'"
-            )));
+            return Err(Error::invalid(format!("Custom auth headers are not supported for provider '{provider}'")));
         }
         if let Some(n) = name {
             let n = auth_header::validate_name(n)?;
@@ -536,14 +481,8 @@ pub fn validate(
     }
 
     // Typed checks (VAL-10).
-    for (key, min) in [
-        ("timeout", 1),
-        ("stream_timeout", 1),
-        ("max_tokens", 1),
-        ("rpm", 0),
-        ("tpm", 0),
-        ("weight", 0),
-    ] {
+    for (key, min) in [("timeout", 1), ("stream_timeout", 1), ("max_tokens", 1), ("rpm", 0), ("tpm", 0), ("weight", 0)]
+    {
         int_field(params, key, &format!("deltallm_params.{key}"), min)?;
     }
     match chat_batching::parse(params.get("chat_batching"))? {
@@ -558,15 +497,9 @@ pub fn validate(
 
     let mode = model_info::validate(&mut input.model_info)?;
     if !provider::supports_mode(&provider, mode) {
-        return Err(Error::invalid(format!(
-            "Provider '{provider}' does not support mode '{mode}'"
-        )));
+        return Err(Error::invalid(format!("Provider '{provider}' does not support mode '{mode}'")));
     }
-    Ok(ValidDeployment {
-        input,
-        provider,
-        mode,
-    })
+    Ok(ValidDeployment { input, provider, mode })
 }
 
 /// DEP-3: a warning when deployments sharing `model_name` carry differing
@@ -577,10 +510,7 @@ pub fn access_group_warning(model_name: &str, lists: &[(String, Vec<String>)]) -
     if lists.iter().all(|(_, g)| g == first) {
         return None;
     }
-    let detail: Vec<String> = lists
-        .iter()
-        .map(|(id, g)| format!("{id}: [{}]", g.join(", ")))
-        .collect();
+    let detail: Vec<String> = lists.iter().map(|(id, g)| format!("{id}: [{}]", g.join(", "))).collect();
     Some(format!(
         "Deployments of model '{model_name}' have differing access_groups ({}); access-group expansion is disabled for this model until they agree",
         detail.join("; ")

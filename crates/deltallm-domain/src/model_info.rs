@@ -39,13 +39,8 @@ const NON_NEGATIVE_INTS: &[&str] = &[
 ];
 
 /// Integer keys ≥ 1.
-const POSITIVE_INTS: &[&str] = &[
-    "max_tokens",
-    "max_input_tokens",
-    "max_output_tokens",
-    "output_vector_size",
-    "upstream_max_batch_inputs",
-];
+const POSITIVE_INTS: &[&str] =
+    &["max_tokens", "max_input_tokens", "max_output_tokens", "output_vector_size", "upstream_max_batch_inputs"];
 
 /// The workload mode a `model_info` declares (default chat).
 pub fn mode_of(info: &Map<String, Value>) -> Result<Mode> {
@@ -75,55 +70,32 @@ pub fn validate(info: &mut Map<String, Value>) -> Result<Mode> {
         None | Some(Value::Null) => {}
         Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
         Some(_) => {
-            return Err(Error::invalid(
-                "model_info.tags must be an array of strings",
-            ));
+            return Err(Error::invalid("model_info.tags must be an array of strings"));
         }
     }
     if info.contains_key("access_groups") {
-        let groups =
-            access_groups::normalize_list(info.get("access_groups"), "model_info.access_groups")?;
+        let groups = access_groups::normalize_list(info.get("access_groups"), "model_info.access_groups")?;
         info.insert("access_groups".into(), Value::from(groups));
     }
     match info.get("default_params") {
         None | Some(Value::Null) | Some(Value::Object(_)) => {}
         Some(_) => {
-            return Err(Error::invalid(
-                "model_info.default_params must be an object",
-            ));
+            return Err(Error::invalid("model_info.default_params must be an object"));
         }
     }
     match info.get("batch_capacity") {
         None | Some(Value::Null) => {}
         Some(Value::Object(cap)) => {
-            int_field(
-                cap,
-                "max_in_flight",
-                "model_info.batch_capacity.max_in_flight",
-                1,
-            )?;
-            int_field(
-                cap,
-                "max_claim_work_units",
-                "model_info.batch_capacity.max_claim_work_units",
-                1,
-            )?;
-            if let Some(f) = number_field(
-                cap,
-                "capacity_fraction",
-                "model_info.batch_capacity.capacity_fraction",
-                0.0,
-            )? && !(f > 0.0 && f <= 1.0)
+            int_field(cap, "max_in_flight", "model_info.batch_capacity.max_in_flight", 1)?;
+            int_field(cap, "max_claim_work_units", "model_info.batch_capacity.max_claim_work_units", 1)?;
+            if let Some(f) = number_field(cap, "capacity_fraction", "model_info.batch_capacity.capacity_fraction", 0.0)?
+                && !(f > 0.0 && f <= 1.0)
             {
-                return Err(Error::invalid(
-                    "model_info.batch_capacity.capacity_fraction must be in (0, 1]",
-                ));
+                return Err(Error::invalid("model_info.batch_capacity.capacity_fraction must be in (0, 1]"));
             }
         }
         Some(_) => {
-            return Err(Error::invalid(
-                "model_info.batch_capacity must be an object",
-            ));
+            return Err(Error::invalid("model_info.batch_capacity must be an object"));
         }
     }
     Ok(mode)
@@ -132,11 +104,7 @@ pub fn validate(info: &mut Map<String, Value>) -> Result<Mode> {
 /// The access groups of a validated `model_info`.
 pub fn access_groups_of(info: &Map<String, Value>) -> Vec<String> {
     match info.get("access_groups") {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         _ => Vec::new(),
     }
 }
@@ -155,47 +123,23 @@ mod tests {
     #[test]
     fn val_10_table() {
         assert_eq!(check(json!({})).unwrap(), Mode::Chat);
-        assert_eq!(
-            check(json!({"mode": "embedding", "input_cost_per_token": 0.000001})).unwrap(),
-            Mode::Embedding
-        );
+        assert_eq!(check(json!({"mode": "embedding", "input_cost_per_token": 0.000001})).unwrap(), Mode::Embedding);
         let bad: &[(Value, &str)] = &[
             (json!({"mode": "video"}), "model_info.mode"),
             (json!({"mode": 3}), "model_info.mode"),
-            (
-                json!({"input_cost_per_token": "cheap"}),
-                "model_info.input_cost_per_token",
-            ),
-            (
-                json!({"output_cost_per_token": -1.0}),
-                "model_info.output_cost_per_token",
-            ),
+            (json!({"input_cost_per_token": "cheap"}), "model_info.input_cost_per_token"),
+            (json!({"output_cost_per_token": -1.0}), "model_info.output_cost_per_token"),
             (json!({"weight": 1.5}), "model_info.weight"),
             (json!({"priority": -1}), "model_info.priority"),
             (json!({"rpm_limit": "10"}), "model_info.rpm_limit"),
             (json!({"max_tokens": 0}), "model_info.max_tokens"),
-            (
-                json!({"upstream_max_batch_inputs": 0}),
-                "model_info.upstream_max_batch_inputs",
-            ),
+            (json!({"upstream_max_batch_inputs": 0}), "model_info.upstream_max_batch_inputs"),
             (json!({"tags": "a,b"}), "model_info.tags"),
-            (
-                json!({"access_groups": ["Bad Key"]}),
-                "Invalid access group",
-            ),
+            (json!({"access_groups": ["Bad Key"]}), "Invalid access group"),
             (json!({"default_params": []}), "model_info.default_params"),
-            (
-                json!({"batch_capacity": {"capacity_fraction": 0}}),
-                "capacity_fraction",
-            ),
-            (
-                json!({"batch_capacity": {"capacity_fraction": 1.5}}),
-                "capacity_fraction",
-            ),
-            (
-                json!({"batch_capacity": {"max_in_flight": 0}}),
-                "batch_capacity.max_in_flight",
-            ),
+            (json!({"batch_capacity": {"capacity_fraction": 0}}), "capacity_fraction"),
+            (json!({"batch_capacity": {"capacity_fraction": 1.5}}), "capacity_fraction"),
+            (json!({"batch_capacity": {"max_in_flight": 0}}), "batch_capacity.max_in_flight"),
         ];
         for (v, msg) in bad {
             let e = check(v.clone()).unwrap_err().to_string();
@@ -205,10 +149,7 @@ mod tests {
 
     #[test]
     fn access_groups_are_normalized_in_place() {
-        let mut m = json!({"access_groups": ["Beta", "support", "beta"]})
-            .as_object()
-            .unwrap()
-            .clone();
+        let mut m = json!({"access_groups": ["Beta", "support", "beta"]}).as_object().unwrap().clone();
         validate(&mut m).unwrap();
         assert_eq!(m["access_groups"], json!(["beta", "support"]));
     }

@@ -33,12 +33,63 @@ pub fn split_secrets(map: &Map<String, Value>) -> (Map<String, Value>, Map<Strin
     (public, secret)
 }
 
+/// Take every CRED-7 secret key out of a free-form document (any depth), for
+/// sealing at rest (CRED-10). Returns `(JSON pointer, value)` pairs; the
+/// document keeps only what may be stored in clear.
+pub fn extract_secrets_deep(value: &mut Value) -> Vec<(String, Value)> {
+    fn walk(value: &mut Value, path: &mut String, out: &mut Vec<(String, Value)>) {
+        let len = path.len();
+        match value {
+            Value::Object(map) => {
+                let secret_keys: Vec<String> = map.keys().filter(|k| redaction::is_secret_key(k)).cloned().collect();
+                for k in secret_keys {
+                    if let Some(v) = map.remove(&k) {
+                        out.push((format!("{path}/{}", escape_pointer(&k)), v));
+                    }
+                }
+                for (k, v) in map.iter_mut() {
+                    path.push('/');
+                    path.push_str(&escape_pointer(k));
+                    walk(v, path, out);
+                    path.truncate(len);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter_mut().enumerate() {
+                    path.push_str(&format!("/{i}"));
+                    walk(v, path, out);
+                    path.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut String::new(), &mut out);
+    out
+}
+
+/// Put secrets taken by [`extract_secrets_deep`] back in place. Pairs whose
+/// parent no longer exists are dropped.
+pub fn restore_secrets_deep(value: &mut Value, secrets: Vec<(String, Value)>) {
+    for (pointer, v) in secrets {
+        let Some((parent, last)) = pointer.rsplit_once('/') else {
+            continue;
+        };
+        let key = last.replace("~1", "/").replace("~0", "~");
+        if let Some(Value::Object(map)) = value.pointer_mut(parent) {
+            map.insert(key, v);
+        }
+    }
+}
+
+fn escape_pointer(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
 /// Non-empty string value of a key, trimmed.
 pub fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    map.get(key)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
+    map.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// Optional integer field (VAL-10): absent/null → None; must be an integer
@@ -47,11 +98,7 @@ pub fn int_field(map: &Map<String, Value>, key: &str, path: &str, min: i64) -> R
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => {
-            let v = n.as_i64().or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
-                    .map(|f| f as i64)
-            });
+            let v = n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64));
             match v {
                 Some(v) if v >= min => Ok(Some(v)),
                 Some(_) => Err(Error::invalid(format!("{path} must be >= {min}"))),
@@ -63,12 +110,7 @@ pub fn int_field(map: &Map<String, Value>, key: &str, path: &str, min: i64) -> R
 }
 
 /// Optional number field (VAL-10): absent/null → None; must be a finite number ≥ `min`.
-pub fn number_field(
-    map: &Map<String, Value>,
-    key: &str,
-    path: &str,
-    min: f64,
-) -> Result<Option<f64>> {
+pub fn number_field(map: &Map<String, Value>, key: &str, path: &str, min: f64) -> Result<Option<f64>> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
@@ -80,11 +122,7 @@ pub fn number_field(
 }
 
 /// Optional string field: absent/null → None; otherwise must be a string.
-pub fn string_field<'a>(
-    map: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<&'a str>> {
+pub fn string_field<'a>(map: &'a Map<String, Value>, key: &str, path: &str) -> Result<Option<&'a str>> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
@@ -102,14 +140,25 @@ mod tests {
     fn secrets_split_off() {
         let m = json!({"api_key": "k", "api_base": "b", "aws_secret_access_key": "s", "model": "m", "max_tokens": 3});
         let (public, secret) = split_secrets(m.as_object().unwrap());
-        assert_eq!(
-            Value::Object(public),
-            json!({"api_base": "b", "model": "m", "max_tokens": 3})
-        );
-        assert_eq!(
-            Value::Object(secret),
-            json!({"api_key": "k", "aws_secret_access_key": "s"})
-        );
+        assert_eq!(Value::Object(public), json!({"api_base": "b", "model": "m", "max_tokens": 3}));
+        assert_eq!(Value::Object(secret), json!({"api_key": "k", "aws_secret_access_key": "s"}));
+    }
+
+    #[test]
+    fn deep_secrets_round_trip() {
+        let original = json!({
+            "team": "ml",
+            "owner_token": "t-1",
+            "nested": {"a/b~c": {"password": "p"}, "max_tokens": 4},
+            "list": [{"client_secret": "s"}, "plain"]
+        });
+        let mut doc = original.clone();
+        let secrets = extract_secrets_deep(&mut doc);
+        assert_eq!(doc, json!({"team": "ml", "nested": {"a/b~c": {}, "max_tokens": 4}, "list": [{}, "plain"]}));
+        assert_eq!(secrets.len(), 3);
+        assert!(!doc.to_string().contains("t-1"));
+        restore_secrets_deep(&mut doc, secrets);
+        assert_eq!(doc, original);
     }
 
     #[test]

@@ -38,9 +38,7 @@ pub struct ProviderSpec {
     pub strip_prefixes: &'static [&'static str],
 }
 
-use Mode::{
-    AudioSpeech as S, AudioTranscription as T, Chat as C, Embedding as E, ImageGeneration as I,
-};
+use Mode::{AudioSpeech as S, AudioTranscription as T, Chat as C, Embedding as E, ImageGeneration as I};
 
 const CEIST: &[Mode] = &[C, E, I, S, T];
 const CEI: &[Mode] = &[C, E, I];
@@ -49,19 +47,8 @@ const CE: &[Mode] = &[C, E];
 const CS: &[Mode] = &[C, S];
 const CHAT: &[Mode] = &[C];
 
-const fn compat(
-    key: &'static str,
-    api_base: Option<&'static str>,
-    modes: &'static [Mode],
-) -> ProviderSpec {
-    ProviderSpec {
-        key,
-        api_base,
-        family: WireFamily::OpenAiCompatible,
-        modes,
-        custom_auth: true,
-        strip_prefixes: &[],
-    }
+const fn compat(key: &'static str, api_base: Option<&'static str>, modes: &'static [Mode]) -> ProviderSpec {
+    ProviderSpec { key, api_base, family: WireFamily::OpenAiCompatible, modes, custom_auth: true, strip_prefixes: &[] }
 }
 
 /// Every known provider, in the order the presets endpoint lists them.
@@ -93,16 +80,8 @@ pub const PROVIDERS: &[ProviderSpec] = &[
     compat("openrouter", Some("https://openrouter.ai/api/v1"), CEI),
     compat("groq", Some("https://api.groq.com/openai/v1"), CEST),
     compat("together", Some("https://api.together.xyz/v1"), CEI),
-    compat(
-        "fireworks",
-        Some("https://api.fireworks.ai/inference/v1"),
-        CEI,
-    ),
-    compat(
-        "deepinfra",
-        Some("https://api.deepinfra.com/v1/openai"),
-        CEI,
-    ),
+    compat("fireworks", Some("https://api.fireworks.ai/inference/v1"), CEI),
+    compat("deepinfra", Some("https://api.deepinfra.com/v1/openai"), CEI),
     compat("perplexity", Some("https://api.perplexity.ai"), CHAT),
     ProviderSpec {
         key: "gemini",
@@ -128,11 +107,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
 /// Canonical provider key: trimmed, lower-cased, `azure` folded into `azure_openai`.
 pub fn canonical(provider: &str) -> String {
     let p = provider.trim().to_ascii_lowercase();
-    if p == "azure" {
-        "azure_openai".to_owned()
-    } else {
-        p
-    }
+    if p == "azure" { "azure_openai".to_owned() } else { p }
 }
 
 /// Registry entry for a provider string (aliases accepted); `None` if unknown.
@@ -205,11 +180,7 @@ mod tests {
             ("openrouter", "anthropic/claude-3", "anthropic/claude-3"),
         ];
         for (provider, model, want) in cases {
-            assert_eq!(
-                upstream_model_id(provider, model),
-                want,
-                "{provider} {model}"
-            );
+            assert_eq!(upstream_model_id(provider, model), want, "{provider} {model}");
         }
     }
 
@@ -223,14 +194,7 @@ mod tests {
     #[test]
     fn mode_support_table_matches_val_2() {
         use Mode::*;
-        let all = [
-            Chat,
-            Embedding,
-            ImageGeneration,
-            AudioSpeech,
-            AudioTranscription,
-            Rerank,
-        ];
+        let all = [Chat, Embedding, ImageGeneration, AudioSpeech, AudioTranscription, Rerank];
         let expect: &[(&str, &str)] = &[
             ("openai", "CEIST"),
             ("azure", "CEIST"),
@@ -259,11 +223,7 @@ mod tests {
                     AudioTranscription => 'T',
                     Rerank => 'R',
                 };
-                assert_eq!(
-                    supports_mode(provider, mode),
-                    letters.contains(letter),
-                    "{provider} {mode:?}"
-                );
+                assert_eq!(supports_mode(provider, mode), letters.contains(letter), "{provider} {mode:?}");
             }
         }
     }
@@ -284,14 +244,7 @@ mod tests {
         ] {
             assert!(allows_custom_auth(p), "{p}");
         }
-        for p in [
-            "azure",
-            "azure_openai",
-            "anthropic",
-            "gemini",
-            "bedrock",
-            "unknown-thing",
-        ] {
+        for p in ["azure", "azure_openai", "anthropic", "gemini", "bedrock", "unknown-thing"] {
             assert!(!allows_custom_auth(p), "{p}");
         }
     }

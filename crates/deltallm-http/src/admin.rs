@@ -20,30 +20,19 @@ type AdminResult<T = Response> = Result<T, AdminError>;
 pub fn routes() -> Router<Gateway> {
     Router::new()
         .route("/ui/api/models", get(list_models).post(create_model))
-        .route(
-            "/ui/api/models/{*rest}",
-            get(model_tail)
-                .put(model_tail)
-                .delete(model_tail)
-                .post(model_tail),
-        )
+        .route("/ui/api/models/{*rest}", get(model_tail).put(model_tail).delete(model_tail).post(model_tail))
         .route("/ui/api/provider-presets", get(provider_presets))
         .route("/ui/api/spend/summary", get(spend_summary))
 }
 
 fn require_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), AdminError> {
-    gw.check_master_key(presented_key(headers))
-        .map_err(AdminError)
+    gw.check_master_key(presented_key(headers)).map_err(AdminError)
 }
 
 /// Decode a JSON body; malformed JSON is a 422 (CONV-1).
 fn json_body(bytes: &Bytes) -> Result<Value, AdminError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        AdminError(Error::new(
-            ApiErrorKind::Unprocessable,
-            format!("Malformed JSON body: {e}"),
-        ))
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| AdminError(Error::new(ApiErrorKind::Unprocessable, format!("Malformed JSON body: {e}"))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,19 +47,11 @@ struct ListParams {
 fn number(v: Option<&str>, name: &str, default: u64) -> Result<u64, AdminError> {
     match v.map(str::trim).filter(|s| !s.is_empty()) {
         None => Ok(default),
-        Some(s) => s.parse().map_err(|_| {
-            AdminError(Error::invalid(format!(
-                "{name} must be a non-negative integer"
-            )))
-        }),
+        Some(s) => s.parse().map_err(|_| AdminError(Error::invalid(format!("{name} must be a non-negative integer")))),
     }
 }
 
-async fn list_models(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    Query(p): Query<ListParams>,
-) -> AdminResult {
+async fn list_models(State(gw): State<Gateway>, headers: HeaderMap, Query(p): Query<ListParams>) -> AdminResult {
     require_admin(&gw, &headers)?;
     let query = DeploymentQuery {
         search: p.search,
@@ -130,15 +111,9 @@ struct SpendParams {
     to: Option<String>,
 }
 
-async fn spend_summary(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    Query(p): Query<SpendParams>,
-) -> AdminResult {
+async fn spend_summary(State(gw): State<Gateway>, headers: HeaderMap, Query(p): Query<SpendParams>) -> AdminResult {
     require_admin(&gw, &headers)?;
     let group_by = p.group_by.unwrap_or_else(|| "model".into());
-    let rows = gw
-        .spend_summary(&group_by, p.from.as_deref(), p.to.as_deref())
-        .await?;
+    let rows = gw.spend_summary(&group_by, p.from.as_deref(), p.to.as_deref()).await?;
     Ok(Json(json!({ "group_by": group_by, "data": rows })).into_response())
 }

@@ -7,11 +7,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get("x-master-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim());
     }
-    let auth = headers
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim();
+    let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = auth.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

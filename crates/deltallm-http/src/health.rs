@@ -18,9 +18,7 @@ pub fn routes() -> Router<Gateway> {
 
 async fn health(State(gw): State<Gateway>) -> impl IntoResponse {
     let registry = gw.registry();
-    Json(
-        json!({"status": "healthy", "models": registry.entries.len(), "deployments": registry.deployments.len()}),
-    )
+    Json(json!({"status": "healthy", "models": registry.entries.len(), "deployments": registry.deployments.len()}))
 }
 
 async fn liveliness() -> impl IntoResponse {
@@ -29,16 +27,10 @@ async fn liveliness() -> impl IntoResponse {
 
 async fn readiness(State(gw): State<Gateway>) -> impl IntoResponse {
     match gw.store().ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "db": "connected"})),
-        ),
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready", "db": "connected"}))),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: database unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "degraded", "db": "unreachable"})),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "degraded", "db": "unreachable"})))
         }
     }
 }

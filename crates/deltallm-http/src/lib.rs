@@ -31,7 +31,5 @@ pub fn app(gateway: Gateway) -> Router {
 /// Only the OpenAI-compatible routes, for embedders that mount them in their own router.
 pub fn openai_routes(gateway: Gateway) -> Router {
     let limit = gateway.settings().max_request_body_bytes;
-    openai::routes()
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(gateway)
+    openai::routes().layer(DefaultBodyLimit::max(limit)).with_state(gateway)
 }

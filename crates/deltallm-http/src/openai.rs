@@ -8,9 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use deltallm_core::proxy::{
-    Endpoint, ProxyBody, ProxyError as CoreProxyError, ProxyResponse, RouteDecision,
-};
+use deltallm_core::proxy::{Endpoint, ProxyBody, ProxyError as CoreProxyError, ProxyResponse, RouteDecision};
 use deltallm_core::{Error, Gateway};
 use deltallm_domain::ApiErrorKind;
 use deltallm_providers::{FormField, FormValue};
@@ -22,9 +20,7 @@ use crate::auth::presented_key;
 use crate::error::ProxyError;
 
 pub fn routes() -> Router<Gateway> {
-    let mut r = Router::new()
-        .route("/v1/models", get(list_models))
-        .route("/models", get(list_models));
+    let mut r = Router::new().route("/v1/models", get(list_models)).route("/models", get(list_models));
     for (path, endpoint) in [
         ("/chat/completions", Endpoint::ChatCompletions),
         ("/completions", Endpoint::Completions),
@@ -34,19 +30,13 @@ pub fn routes() -> Router<Gateway> {
         ("/rerank", Endpoint::Rerank),
     ] {
         let handler = move |state: State<Gateway>, req: Request| proxy_json(state, endpoint, req);
-        r = r
-            .route(&format!("/v1{path}"), post(handler.clone()))
-            .route(path, post(handler));
+        r = r.route(&format!("/v1{path}"), post(handler.clone())).route(path, post(handler));
     }
-    r.route("/v1/audio/transcriptions", post(transcription))
-        .route("/audio/transcriptions", post(transcription))
+    r.route("/v1/audio/transcriptions", post(transcription)).route("/audio/transcriptions", post(transcription))
 }
 
 /// RUN-2: callable targets visible to the caller, sorted.
-async fn list_models(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-) -> Result<Response, ProxyError> {
+async fn list_models(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ProxyError> {
     gw.check_master_key(presented_key(&headers))?;
     let registry = gw.registry();
     let created = registry.built_at;
@@ -75,10 +65,7 @@ fn route_headers(headers: &mut HeaderMap, route: &RouteDecision, overhead_us: u1
     put(headers, ROUTE_GROUP, &route.group);
     put(headers, ROUTE_STRATEGY, route.strategy.as_str());
     put(headers, ROUTE_DEPLOYMENT, &route.served);
-    headers.insert(
-        ROUTE_FALLBACK,
-        HeaderValue::from_static(if route.fallback_used { "true" } else { "false" }),
-    );
+    headers.insert(ROUTE_FALLBACK, HeaderValue::from_static(if route.fallback_used { "true" } else { "false" }));
     put(headers, OVERHEAD, &overhead_us.to_string());
 }
 
@@ -88,10 +75,7 @@ fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response {
             let mut out = match resp.body {
                 ProxyBody::Json(bytes) => {
                     let mut r = Response::new(Body::from(bytes));
-                    r.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
+                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                     r
                 }
                 ProxyBody::Binary { content_type, body } => {
@@ -102,15 +86,9 @@ fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response {
                 ProxyBody::Stream(stream) => {
                     let mut r = Response::new(Body::from_stream(stream.map(Ok::<_, Infallible>)));
                     let h = r.headers_mut();
-                    h.insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/event-stream"),
-                    );
+                    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                    h.insert(
-                        HeaderName::from_static("x-accel-buffering"),
-                        HeaderValue::from_static("no"),
-                    );
+                    h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
                     r
                 }
             };
@@ -122,11 +100,7 @@ fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response {
             let mut out = ProxyError(e.error).into_response();
             match &e.route {
                 Some(route) => route_headers(out.headers_mut(), route, e.overhead.as_micros()),
-                None => put(
-                    out.headers_mut(),
-                    OVERHEAD,
-                    &e.overhead.as_micros().to_string(),
-                ),
+                None => put(out.headers_mut(), OVERHEAD, &e.overhead.as_micros().to_string()),
             }
             out
         }
@@ -136,9 +110,7 @@ fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response {
 fn too_large(limit: usize) -> ProxyError {
     ProxyError(Error::new(
         ApiErrorKind::PayloadTooLarge,
-        format!(
-            "Request body exceeds the {limit}-byte limit (general_settings.max_request_body_bytes)"
-        ),
+        format!("Request body exceeds the {limit}-byte limit (general_settings.max_request_body_bytes)"),
     ))
 }
 
@@ -148,11 +120,8 @@ async fn proxy_json(State(gw): State<Gateway>, endpoint: Endpoint, req: Request)
         return ProxyError(e).into_response();
     }
     let limit = gw.settings().max_request_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return too_large(limit).into_response();
     }
@@ -175,10 +144,7 @@ async fn transcription(State(gw): State<Gateway>, req: Request) -> Response {
             return too_large(gw.settings().max_request_body_bytes).into_response();
         }
         Err(e) => {
-            return invalid(format!(
-                "Expected a multipart/form-data body: {}",
-                e.body_text()
-            ));
+            return invalid(format!("Expected a multipart/form-data body: {}", e.body_text()));
         }
     };
     let mut fields = Vec::new();
@@ -200,11 +166,7 @@ async fn transcription(State(gw): State<Gateway>, req: Request) -> Response {
             Err(e) => return invalid(format!("Malformed multipart body: {}", e.body_text())),
         };
         let value = if file_name.is_some() {
-            FormValue::File {
-                file_name,
-                content_type,
-                data,
-            }
+            FormValue::File { file_name, content_type, data }
         } else {
             let text = String::from_utf8_lossy(&data).into_owned();
             if name == "model" {
@@ -215,8 +177,7 @@ async fn transcription(State(gw): State<Gateway>, req: Request) -> Response {
         fields.push(FormField { name, value });
     }
     let Some(model) = model.filter(|m| !m.is_empty()) else {
-        return ProxyError(Error::invalid("'model' is required").with_param("model"))
-            .into_response();
+        return ProxyError(Error::invalid("'model' is required").with_param("model")).into_response();
     };
     if !fields.iter().any(|f| f.name == "file") {
         return ProxyError(Error::invalid("'file' is required").with_param("file")).into_response();

@@ -58,14 +58,12 @@ fn unsupported_tools() -> Error {
 /// The Messages API request body.
 pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Result<Vec<u8>> {
     let messages: Vec<ChatMessage> = match conn.field(body, "messages") {
-        Some(raw) => serde_json::from_str(raw.get())
-            .map_err(|e| Error::invalid(format!("Invalid 'messages' field: {e}")))?,
+        Some(raw) => {
+            serde_json::from_str(raw.get()).map_err(|e| Error::invalid(format!("Invalid 'messages' field: {e}")))?
+        }
         None => return Err(Error::invalid("'messages' is required")),
     };
-    if body
-        .get("tools")
-        .is_some_and(|t| !matches!(t.get().trim(), "null" | "[]"))
-    {
+    if body.get("tools").is_some_and(|t| !matches!(t.get().trim(), "null" | "[]")) {
         return Err(unsupported_tools());
     }
 
@@ -82,9 +80,7 @@ pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Result<
             }
             "tool" | "function" => return Err(unsupported_tools()),
             other => {
-                return Err(Error::invalid(format!(
-                    "Unsupported message role '{other}'"
-                )));
+                return Err(Error::invalid(format!("Unsupported message role '{other}'")));
             }
         }
     }
@@ -95,14 +91,10 @@ pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Result<
         w.value("system", &system.join("\n\n"))?;
     }
     w.value("messages", &out)?;
-    let max_tokens = [
-        body.get("max_tokens"),
-        body.get("max_completion_tokens"),
-        conn.field(body, "max_tokens"),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|v| v.get().trim() != "null");
+    let max_tokens = [body.get("max_tokens"), body.get("max_completion_tokens"), conn.field(body, "max_tokens")]
+        .into_iter()
+        .flatten()
+        .find(|v| v.get().trim() != "null");
     match max_tokens {
         Some(v) => w.raw("max_tokens", v.get()),
         None => w.value("max_tokens", &DEFAULT_MAX_TOKENS)?,
@@ -118,9 +110,7 @@ pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Result<
             Ok(Value::Array(items)) if !items.is_empty() => w.value("stop_sequences", &items)?,
             Ok(Value::Null | Value::Array(_)) => {}
             _ => {
-                return Err(Error::invalid(
-                    "'stop' must be a string or an array of strings",
-                ));
+                return Err(Error::invalid("'stop' must be a string or an array of strings"));
             }
         }
     }
@@ -147,14 +137,10 @@ fn text_of(content: &Value) -> Result<String> {
     match content {
         Value::String(s) => Ok(s.clone()),
         Value::Null => Ok(String::new()),
-        Value::Array(parts) => Ok(parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n")),
-        _ => Err(Error::invalid(
-            "message content must be a string or an array",
-        )),
+        Value::Array(parts) => {
+            Ok(parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n"))
+        }
+        _ => Err(Error::invalid("message content must be a string or an array")),
     }
 }
 
@@ -163,22 +149,14 @@ fn content(value: Value) -> Result<Value> {
     match value {
         Value::String(_) => Ok(value),
         Value::Null => Ok(Value::String(String::new())),
-        Value::Array(parts) => parts
-            .into_iter()
-            .map(part)
-            .collect::<Result<Vec<_>>>()
-            .map(Value::Array),
-        _ => Err(Error::invalid(
-            "message content must be a string or an array",
-        )),
+        Value::Array(parts) => parts.into_iter().map(part).collect::<Result<Vec<_>>>().map(Value::Array),
+        _ => Err(Error::invalid("message content must be a string or an array")),
     }
 }
 
 fn part(p: Value) -> Result<Value> {
     match p.get("type").and_then(Value::as_str) {
-        Some("text") => {
-            Ok(json!({"type": "text", "text": p.get("text").cloned().unwrap_or(Value::Null)}))
-        }
+        Some("text") => Ok(json!({"type": "text", "text": p.get("text").cloned().unwrap_or(Value::Null)})),
         Some("image_url") => {
             let url = p
                 .get("image_url")
@@ -218,9 +196,8 @@ impl WireUsage {
     /// them separately), and the cached share is reported on its own.
     fn to_usage(&self) -> Usage {
         let cached = self.cache_read_input_tokens;
-        let prompt = self.input_tokens.unwrap_or(0)
-            + cached.unwrap_or(0)
-            + self.cache_creation_input_tokens.unwrap_or(0);
+        let prompt =
+            self.input_tokens.unwrap_or(0) + cached.unwrap_or(0) + self.cache_creation_input_tokens.unwrap_or(0);
         let completion = self.output_tokens.unwrap_or(0);
         Usage {
             prompt_tokens: prompt,
@@ -234,12 +211,8 @@ impl WireUsage {
     fn merge(&mut self, later: WireUsage) {
         self.input_tokens = later.input_tokens.or(self.input_tokens);
         self.output_tokens = later.output_tokens.or(self.output_tokens);
-        self.cache_read_input_tokens = later
-            .cache_read_input_tokens
-            .or(self.cache_read_input_tokens);
-        self.cache_creation_input_tokens = later
-            .cache_creation_input_tokens
-            .or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens = later.cache_read_input_tokens.or(self.cache_read_input_tokens);
+        self.cache_creation_input_tokens = later.cache_creation_input_tokens.or(self.cache_creation_input_tokens);
     }
 }
 
@@ -261,9 +234,7 @@ fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A Messages response → OpenAI `chat.completion`.
@@ -285,12 +256,7 @@ pub(crate) fn response(conn: &Connection, body: &[u8]) -> Result<(Bytes, Usage)>
         text: Option<String>,
     }
     let msg: Message = serde_json::from_slice(body).map_err(|e| invalid_response(&e))?;
-    let text: String = msg
-        .content
-        .iter()
-        .filter(|b| b.kind == "text")
-        .filter_map(|b| b.text.as_deref())
-        .collect();
+    let text: String = msg.content.iter().filter(|b| b.kind == "text").filter_map(|b| b.text.as_deref()).collect();
     let usage = msg.usage.to_usage();
     let out = json!({
         "id": msg.id,
@@ -422,30 +388,22 @@ impl Translate for AnthropicSse {
                 self.usage.merge(message.usage);
                 self.chunk(json!({"role": "assistant", "content": ""}), None, None)
             }
-            Event::ContentBlockDelta {
-                delta: Delta::TextDelta { text },
-            } => self.chunk(json!({"content": text}), None, None),
-            Event::ContentBlockDelta {
-                delta: Delta::Other,
+            Event::ContentBlockDelta { delta: Delta::TextDelta { text } } => {
+                self.chunk(json!({"content": text}), None, None)
             }
-            | Event::Other => Step::Skip,
+            Event::ContentBlockDelta { delta: Delta::Other } | Event::Other => Step::Skip,
             Event::MessageDelta { delta, usage } => {
                 if let Some(u) = usage {
                     self.usage.merge(u);
                 }
                 self.seen_delta = true;
                 let usage = self.usage.to_usage();
-                self.chunk(
-                    json!({}),
-                    finish_reason(delta.stop_reason.as_deref()).or(Some("stop")),
-                    Some(&usage),
-                )
+                self.chunk(json!({}), finish_reason(delta.stop_reason.as_deref()).or(Some("stop")), Some(&usage))
             }
             Event::MessageStop => Step::Done,
             Event::Error { error } => {
-                let mut err = crate::sse::stream_error(
-                    &serde_json::to_vec(&json!({"error": error})).unwrap_or_default(),
-                );
+                let mut err =
+                    crate::sse::stream_error(&serde_json::to_vec(&json!({"error": error})).unwrap_or_default());
                 if error.get("type").and_then(Value::as_str) == Some("rate_limit_error") {
                     err.class = ErrorClass::RateLimit;
                 }
@@ -515,17 +473,9 @@ mod tests {
     fn max_tokens_precedence_client_then_default_then_fallback() {
         let c = conn(Some(json!({"max_tokens": 500, "top_k": 5})));
         let msgs = json!([{"role": "user", "content": "x"}]);
-        let out = translate(
-            &c,
-            json!({"messages": msgs, "max_tokens": 10, "stream": true}),
-        )
-        .unwrap();
+        let out = translate(&c, json!({"messages": msgs, "max_tokens": 10, "stream": true})).unwrap();
         assert_eq!(
-            (
-                out["max_tokens"].clone(),
-                out["top_k"].clone(),
-                out["stream"].clone()
-            ),
+            (out["max_tokens"].clone(), out["top_k"].clone(), out["stream"].clone()),
             (json!(10), json!(5), json!(true))
         );
         let out = translate(&c, json!({"messages": msgs})).unwrap();
@@ -535,11 +485,7 @@ mod tests {
 
     #[test]
     fn tools_are_rejected_not_mistranslated() {
-        let err = translate(
-            &conn(None),
-            json!({"messages": [{"role": "tool", "content": "r"}]}),
-        )
-        .unwrap_err();
+        let err = translate(&conn(None), json!({"messages": [{"role": "tool", "content": "r"}]})).unwrap_err();
         assert_eq!(err.class, ErrorClass::InvalidRequest);
         assert!(translate(&conn(None), json!({"messages": []})).is_ok());
         assert!(translate(&conn(None), json!({"model": "m"})).is_err());
@@ -557,23 +503,10 @@ mod tests {
             v["choices"][0],
             json!({"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "length"})
         );
-        assert_eq!(
-            v["usage"],
-            json!({"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15})
-        );
-        assert_eq!(
-            (
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.total_tokens
-            ),
-            (12, 3, 15)
-        );
+        assert_eq!(v["usage"], json!({"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}));
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens), (12, 3, 15));
         assert!(v["created"].as_u64().unwrap() > 1_600_000_000);
-        assert_eq!(
-            response(&conn(None), b"not json").unwrap_err().class,
-            ErrorClass::Upstream5xx
-        );
+        assert_eq!(response(&conn(None), b"not json").unwrap_err().class, ErrorClass::Upstream5xx);
     }
 
     #[test]
@@ -602,18 +535,12 @@ mod tests {
         }
         assert!(done);
         assert_eq!(emitted.len(), 3);
-        assert_eq!(
-            emitted[0]["choices"][0]["delta"],
-            json!({"role": "assistant", "content": ""})
-        );
+        assert_eq!(emitted[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
         assert_eq!(emitted[0]["object"], "chat.completion.chunk");
         assert_eq!(emitted[0]["id"], "msg_9");
         assert_eq!(emitted[1]["choices"][0]["delta"], json!({"content": "Hi"}));
         assert_eq!(emitted[2]["choices"][0]["finish_reason"], "stop");
-        assert_eq!(
-            emitted[2]["usage"],
-            json!({"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11})
-        );
+        assert_eq!(emitted[2]["usage"], json!({"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}));
         assert_eq!(t.usage().map(|u| u.total_tokens), Some(11));
     }
 
@@ -623,13 +550,8 @@ mod tests {
         let step = t.line(Bytes::from_static(
             br#"data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
         ));
-        let Step::Fail(e) = step else {
-            panic!("expected failure")
-        };
-        assert_eq!(
-            (e.class, e.message.as_str()),
-            (ErrorClass::Upstream5xx, "Overloaded")
-        );
+        let Step::Fail(e) = step else { panic!("expected failure") };
+        assert_eq!((e.class, e.message.as_str()), (ErrorClass::Upstream5xx, "Overloaded"));
         assert!(e.health_affecting());
     }
 }

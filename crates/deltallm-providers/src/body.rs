@@ -52,8 +52,7 @@ impl<'de> Deserialize<'de> for Fields<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> =
-                    Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     match fields.iter_mut().find(|(existing, _)| *existing == k) {
                         Some(slot) => slot.1 = v,
@@ -80,8 +79,8 @@ impl<'a> RequestBody<'a> {
         if first != Some(b'{') {
             return Err(Error::invalid(invalid_json_message(bytes)));
         }
-        let Fields(fields) = serde_json::from_slice(bytes)
-            .map_err(|e| Error::invalid(format!("Invalid JSON body: {e}")))?;
+        let Fields(fields) =
+            serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("Invalid JSON body: {e}")))?;
         Ok(Self { fields })
     }
 
@@ -175,8 +174,7 @@ impl ObjectWriter {
     /// A field serialized from a Rust value.
     pub(crate) fn value<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
         self.key(key);
-        serde_json::to_writer(&mut self.buf, value)
-            .map_err(|e| Error::invalid(format!("Cannot encode '{key}': {e}")))
+        serde_json::to_writer(&mut self.buf, value).map_err(|e| Error::invalid(format!("Cannot encode '{key}': {e}")))
     }
 
     pub(crate) fn finish(mut self) -> Vec<u8> {
@@ -195,10 +193,7 @@ mod tests {
         let body = RequestBody::parse(bytes).unwrap();
         assert_eq!(body.model().as_deref(), Some("gpt"));
         assert!(body.stream());
-        assert_eq!(
-            body.get("messages").unwrap().get(),
-            r#"[{"role":"user","content":"hi \"x\""}]"#
-        );
+        assert_eq!(body.get("messages").unwrap().get(), r#"[{"role":"user","content":"hi \"x\""}]"#);
         let keys: Vec<&str> = body.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["model", "messages", "stream", "n"]);
     }
@@ -224,12 +219,7 @@ mod tests {
         ] {
             let err = RequestBody::parse(bytes).unwrap_err();
             assert_eq!(err.class, crate::ErrorClass::InvalidRequest);
-            assert!(
-                err.message.contains(want),
-                "{:?}: {}",
-                String::from_utf8_lossy(bytes),
-                err.message
-            );
+            assert!(err.message.contains(want), "{:?}: {}", String::from_utf8_lossy(bytes), err.message);
         }
     }
 

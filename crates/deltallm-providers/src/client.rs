@@ -126,10 +126,7 @@ impl Providers {
             .user_agent(concat!("deltallm/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(Error::from_reqwest)?;
-        Ok(Self {
-            client,
-            read_timeout: settings.read_timeout,
-        })
+        Ok(Self { client, read_timeout: settings.read_timeout })
     }
 
     /// One upstream attempt for a JSON endpoint. `deadline` bounds the whole
@@ -144,31 +141,17 @@ impl Providers {
         let stream = body.stream() && op.is_chat_family();
         let (wire, payload) = prepare(conn, op, body, stream)?;
         let url = conn.url(op).ok_or_else(|| unsupported(conn, op))?;
-        let request = conn
-            .authorize(self.client.post(url.clone()))?
-            .header(CONTENT_TYPE, "application/json")
-            .body(payload);
+        let request =
+            conn.authorize(self.client.post(url.clone()))?.header(CONTENT_TYPE, "application/json").body(payload);
         if stream {
             return self.stream(conn, request, wire, deadline).await;
         }
         let (content_type, bytes) = self.unary(conn, request, deadline).await?;
         match wire {
-            Wire::OpenAi if op == Operation::AudioSpeech => Ok(Reply::Binary {
-                content_type,
-                body: bytes,
-            }),
-            Wire::OpenAi => Ok(Reply::Json {
-                usage: openai::response_usage(op, &bytes),
-                body: bytes,
-            }),
-            Wire::Anthropic => anthropic::response(conn, &bytes).map(|(body, u)| Reply::Json {
-                body,
-                usage: Some(u),
-            }),
-            Wire::Gemini => gemini::response(conn, &bytes).map(|(body, u)| Reply::Json {
-                body,
-                usage: Some(u),
-            }),
+            Wire::OpenAi if op == Operation::AudioSpeech => Ok(Reply::Binary { content_type, body: bytes }),
+            Wire::OpenAi => Ok(Reply::Json { usage: openai::response_usage(op, &bytes), body: bytes }),
+            Wire::Anthropic => anthropic::response(conn, &bytes).map(|(body, u)| Reply::Json { body, usage: Some(u) }),
+            Wire::Gemini => gemini::response(conn, &bytes).map(|(body, u)| Reply::Json { body, usage: Some(u) }),
         }
     }
 
@@ -194,11 +177,7 @@ impl Providers {
             }
             let part = match field.value {
                 FormValue::Text(text) => Part::text(text),
-                FormValue::File {
-                    file_name,
-                    content_type,
-                    data,
-                } => {
+                FormValue::File { file_name, content_type, data } => {
                     let len = data.len() as u64;
                     let mut part = Part::stream_with_length(reqwest::Body::from(data), len);
                     if let Some(name) = file_name {
@@ -206,10 +185,7 @@ impl Providers {
                     }
                     if let Some(ct) = content_type {
                         part = part.mime_str(&ct).map_err(|_| {
-                            Error::invalid(format!(
-                                "Invalid content type '{ct}' for field '{}'",
-                                field.name
-                            ))
+                            Error::invalid(format!("Invalid content type '{ct}' for field '{}'", field.name))
                         })?;
                     }
                     part
@@ -217,20 +193,12 @@ impl Providers {
             };
             form = form.part(field.name, part);
         }
-        let request = conn
-            .authorize(self.client.post(url.clone()))?
-            .multipart(form);
+        let request = conn.authorize(self.client.post(url.clone()))?.multipart(form);
         let (content_type, bytes) = self.unary(conn, request, deadline).await?;
         if is_json(&content_type) {
-            Ok(Reply::Json {
-                usage: usage::from_body(&bytes),
-                body: bytes,
-            })
+            Ok(Reply::Json { usage: usage::from_body(&bytes), body: bytes })
         } else {
-            Ok(Reply::Binary {
-                content_type,
-                body: bytes,
-            })
+            Ok(Reply::Binary { content_type, body: bytes })
         }
     }
 
@@ -248,20 +216,13 @@ impl Providers {
                     message: "bedrock credentials configured".to_owned(),
                 })
             } else {
-                Err(Error::invalid(
-                    "bedrock health check requires aws_access_key_id, aws_secret_access_key and region",
-                ))
+                Err(Error::invalid("bedrock health check requires aws_access_key_id, aws_secret_access_key and region"))
             };
         }
-        let url = conn.models_url().ok_or_else(|| {
-            Error::invalid(format!(
-                "No health check for provider '{}'",
-                conn.provider()
-            ))
-        })?;
-        let request = conn
-            .authorize(self.client.get(url.clone()))?
-            .timeout(deadline);
+        let url = conn
+            .models_url()
+            .ok_or_else(|| Error::invalid(format!("No health check for provider '{}'", conn.provider())))?;
+        let request = conn.authorize(self.client.get(url.clone()))?.timeout(deadline);
         let provider = conn.provider();
         with_deadline(Some(deadline), async move {
             let response = request.send().await.map_err(Error::from_reqwest)?;
@@ -274,11 +235,7 @@ impl Providers {
                 err.message = message;
                 return Err(err);
             }
-            Ok(Probe {
-                status: Some(status),
-                latency: started.elapsed(),
-                message,
-            })
+            Ok(Probe { status: Some(status), latency: started.elapsed(), message })
         })
         .await
     }
@@ -337,42 +294,24 @@ impl Providers {
 }
 
 /// Pick the wire translation and build the upstream body.
-fn prepare(
-    conn: &Connection,
-    op: Operation,
-    body: &RequestBody<'_>,
-    stream: bool,
-) -> Result<(Wire, Vec<u8>)> {
+fn prepare(conn: &Connection, op: Operation, body: &RequestBody<'_>, stream: bool) -> Result<(Wire, Vec<u8>)> {
     match conn.family() {
         WireFamily::Bedrock => Err(bedrock_unsupported()),
         WireFamily::OpenAiCompatible if op.is_chat_family() && !conn.is_known_provider() => {
-            Err(Error::invalid(format!(
-                "Unsupported provider '{}' for chat endpoint",
-                conn.provider()
-            )))
+            Err(Error::invalid(format!("Unsupported provider '{}' for chat endpoint", conn.provider())))
         }
-        WireFamily::OpenAiCompatible | WireFamily::Azure => {
-            Ok((Wire::OpenAi, openai::request_body(conn, body)))
+        WireFamily::OpenAiCompatible | WireFamily::Azure => Ok((Wire::OpenAi, openai::request_body(conn, body))),
+        WireFamily::Anthropic if op == Operation::Chat => Ok((Wire::Anthropic, anthropic::request_body(conn, body)?)),
+        WireFamily::Gemini if op == Operation::Chat && stream => {
+            Err(Error::invalid("Streaming is not supported for provider 'gemini'"))
         }
-        WireFamily::Anthropic if op == Operation::Chat => {
-            Ok((Wire::Anthropic, anthropic::request_body(conn, body)?))
-        }
-        WireFamily::Gemini if op == Operation::Chat && stream => Err(Error::invalid(
-            "Streaming is not supported for provider 'gemini'",
-        )),
-        WireFamily::Gemini if op == Operation::Chat => {
-            Ok((Wire::Gemini, gemini::request_body(conn, body)?))
-        }
+        WireFamily::Gemini if op == Operation::Chat => Ok((Wire::Gemini, gemini::request_body(conn, body)?)),
         WireFamily::Anthropic | WireFamily::Gemini => Err(unsupported(conn, op)),
     }
 }
 
 fn unsupported(conn: &Connection, op: Operation) -> Error {
-    Error::invalid(format!(
-        "Provider '{}' does not support the /{} endpoint",
-        conn.provider(),
-        op.path()
-    ))
+    Error::invalid(format!("Provider '{}' does not support the /{} endpoint", conn.provider(), op.path()))
 }
 
 fn bedrock_unsupported() -> Error {
@@ -395,10 +334,7 @@ async fn error_response(response: reqwest::Response) -> Error {
 }
 
 /// The attempt deadline (RUN-17); elapsing it is a health-affecting timeout.
-async fn with_deadline<T>(
-    deadline: Option<Duration>,
-    fut: impl Future<Output = Result<T>>,
-) -> Result<T> {
+async fn with_deadline<T>(deadline: Option<Duration>, fut: impl Future<Output = Result<T>>) -> Result<T> {
     match deadline {
         None => fut.await,
         Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {

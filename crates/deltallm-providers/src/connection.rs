@@ -74,10 +74,7 @@ impl fmt::Debug for Connection {
             .field("api_base", &self.api_base)
             .field("auth", &auth)
             .field("read_timeout", &self.read_timeout)
-            .field(
-                "default_params",
-                &self.defaults.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            )
+            .field("default_params", &self.defaults.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -110,11 +107,7 @@ impl Connection {
         let mut models_url = None;
         match family {
             WireFamily::OpenAiCompatible | WireFamily::Azure => {
-                let version = if family == WireFamily::Azure {
-                    api_version
-                } else {
-                    None
-                };
+                let version = if family == WireFamily::Azure { api_version } else { None };
                 for op in Operation::ALL {
                     let segments: Vec<&str> = op.path().split('/').collect();
                     urls[op.index()] = Some(join(&base, &segments, version)?);
@@ -126,14 +119,8 @@ impl Connection {
                 models_url = Some(join(&base, &["models"], None)?);
             }
             WireFamily::Gemini => {
-                let id = upstream_model
-                    .strip_prefix("models/")
-                    .unwrap_or(upstream_model);
-                urls[Operation::Chat.index()] = Some(join(
-                    &base,
-                    &["models", &format!("{id}:generateContent")],
-                    None,
-                )?);
+                let id = upstream_model.strip_prefix("models/").unwrap_or(upstream_model);
+                urls[Operation::Chat.index()] = Some(join(&base, &["models", &format!("{id}:generateContent")], None)?);
                 models_url = Some(join(&base, &["models"], None)?);
             }
             WireFamily::Bedrock => {}
@@ -143,14 +130,9 @@ impl Connection {
         let key_required = spec.is_some() && !KEYLESS_PROVIDERS.contains(&canonical.as_str());
         let (header_name, header_format) = match family {
             WireFamily::OpenAiCompatible if provider::allows_custom_auth(&provider_name) => {
-                auth_header::effective(
-                    str_field(params, "auth_header_name"),
-                    str_field(params, "auth_header_format"),
-                )
+                auth_header::effective(str_field(params, "auth_header_name"), str_field(params, "auth_header_format"))
             }
-            WireFamily::OpenAiCompatible => {
-                (auth_header::DEFAULT_NAME, auth_header::DEFAULT_FORMAT)
-            }
+            WireFamily::OpenAiCompatible => (auth_header::DEFAULT_NAME, auth_header::DEFAULT_FORMAT),
             WireFamily::Azure => ("api-key", "{api_key}"),
             WireFamily::Anthropic => ("x-api-key", "{api_key}"),
             // Header, not `?key=`: a key in the URL leaks into error messages and logs.
@@ -167,9 +149,7 @@ impl Connection {
         let mut extra_headers = Vec::new();
         if family == WireFamily::Anthropic {
             let version = HeaderValue::from_str(api_version.unwrap_or(ANTHROPIC_DEFAULT_VERSION))
-                .map_err(|_| {
-                DomainError::invalid("deltallm_params.api_version is not a valid header value")
-            })?;
+                .map_err(|_| DomainError::invalid("deltallm_params.api_version is not a valid header value"))?;
             extra_headers.push((HeaderName::from_static("anthropic-version"), version));
         }
 
@@ -184,9 +164,8 @@ impl Connection {
             if matches!(key.as_str(), "available_voices" | "model" | "metadata") {
                 continue;
             }
-            let raw = serde_json::value::to_raw_value(value).map_err(|e| {
-                DomainError::invalid(format!("model_info.default_params.{key}: {e}"))
-            })?;
+            let raw = serde_json::value::to_raw_value(value)
+                .map_err(|e| DomainError::invalid(format!("model_info.default_params.{key}: {e}")))?;
             defaults.push((key.as_str().into(), raw));
         }
 
@@ -196,8 +175,7 @@ impl Connection {
             && str_field(params, "aws_access_key_id").is_some()
             && str_field(params, "aws_secret_access_key").is_some()
             && region.is_some();
-        let model_json = serde_json::to_string(upstream_model)
-            .map_err(|e| DomainError::invalid(e.to_string()))?;
+        let model_json = serde_json::to_string(upstream_model).map_err(|e| DomainError::invalid(e.to_string()))?;
 
         Ok(Connection {
             provider: provider_name.into(),
@@ -273,25 +251,15 @@ impl Connection {
 
     /// A client field, else the deployment default for it (client wins, RUN-16).
     pub(crate) fn field<'s>(&'s self, body: &RequestBody<'s>, key: &str) -> Option<&'s RawValue> {
-        body.get(key).or_else(|| {
-            self.defaults
-                .iter()
-                .find(|(k, _)| k.as_ref() == key)
-                .map(|(_, v)| v.as_ref())
-        })
+        body.get(key).or_else(|| self.defaults.iter().find(|(k, _)| k.as_ref() == key).map(|(_, v)| v.as_ref()))
     }
 
     /// Add auth and fixed headers. RUN-18: a provider that needs a key and has
     /// none fails here, before anything is sent.
-    pub(crate) fn authorize(
-        &self,
-        mut request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::RequestBuilder> {
+    pub(crate) fn authorize(&self, mut request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder> {
         match &self.auth {
             Auth::Missing => {
-                return Err(Error::invalid(
-                    "Provider API key is missing for selected model",
-                ));
+                return Err(Error::invalid("Provider API key is missing for selected model"));
             }
             Auth::Header(name, value) => request = request.header(name.clone(), value.clone()),
             Auth::None => {}
@@ -314,26 +282,17 @@ fn resolve_api_base(
     }
     let preset = provider::lookup(provider_name).and_then(|s| s.api_base);
     match (family, preset) {
-        (WireFamily::Bedrock, Some(p)) => {
-            Ok(p.replace("{region}", region.unwrap_or(BEDROCK_DEFAULT_REGION)))
-        }
+        (WireFamily::Bedrock, Some(p)) => Ok(p.replace("{region}", region.unwrap_or(BEDROCK_DEFAULT_REGION))),
         (_, Some(p)) if !p.contains('{') => Ok(p.to_owned()),
-        _ => Err(DomainError::invalid(format!(
-            "deltallm_params.api_base is required for provider '{provider_name}'"
-        ))),
+        _ => Err(DomainError::invalid(format!("deltallm_params.api_base is required for provider '{provider_name}'"))),
     }
 }
 
 fn parse_base(api_base: &str) -> Result<Url, DomainError> {
-    let url = Url::parse(api_base).map_err(|_| {
-        DomainError::invalid(format!(
-            "deltallm_params.api_base '{api_base}' is not a valid URL"
-        ))
-    })?;
+    let url = Url::parse(api_base)
+        .map_err(|_| DomainError::invalid(format!("deltallm_params.api_base '{api_base}' is not a valid URL")))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(DomainError::invalid(format!(
-            "deltallm_params.api_base '{api_base}' must be an http(s) URL"
-        )));
+        return Err(DomainError::invalid(format!("deltallm_params.api_base '{api_base}' must be an http(s) URL")));
     }
     Ok(url)
 }
@@ -356,16 +315,12 @@ fn join(base: &Url, segments: &[&str], api_version: Option<&str>) -> Result<Url,
 }
 
 fn render_auth(name: &str, format: &str, key: &str) -> Result<Auth, DomainError> {
-    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-        DomainError::invalid(format!(
-            "auth_header_name '{name}' is not a valid HTTP header name"
-        ))
-    })?;
+    let name = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| DomainError::invalid(format!("auth_header_name '{name}' is not a valid HTTP header name")))?;
     let rendered = auth_header::render(format, key)?;
     // The message must not echo the rendered value: it contains the key.
-    let mut value = HeaderValue::from_str(&rendered).map_err(|_| {
-        DomainError::invalid("api_key contains characters that are not allowed in an HTTP header")
-    })?;
+    let mut value = HeaderValue::from_str(&rendered)
+        .map_err(|_| DomainError::invalid("api_key contains characters that are not allowed in an HTTP header"))?;
     value.set_sensitive(true);
     Ok(Auth::Header(name, value))
 }
@@ -390,14 +345,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.upstream_model(), "gpt-4o");
         assert_eq!(c.api_base(), "http://h:1/v1");
-        assert_eq!(
-            c.url(Operation::Chat).unwrap().as_str(),
-            "http://h:1/v1/chat/completions"
-        );
-        assert_eq!(
-            c.url(Operation::ImageGeneration).unwrap().as_str(),
-            "http://h:1/v1/images/generations"
-        );
+        assert_eq!(c.url(Operation::Chat).unwrap().as_str(), "http://h:1/v1/chat/completions");
+        assert_eq!(c.url(Operation::ImageGeneration).unwrap().as_str(), "http://h:1/v1/images/generations");
         assert_eq!(c.models_url().unwrap().as_str(), "http://h:1/v1/models");
         assert!(!c.rename_max_tokens());
         let debug = format!("{c:?}");
@@ -423,49 +372,22 @@ mod tests {
 
     #[test]
     fn presets_fill_missing_bases_but_placeholders_do_not() {
-        let c = Connection::build(
-            "anthropic",
-            &params(json!({"model": "claude-3-5", "api_key": "k"})),
-            None,
-        )
-        .unwrap();
-        assert_eq!(
-            c.url(Operation::Chat).unwrap().as_str(),
-            "https://api.anthropic.com/v1/messages"
-        );
+        let c = Connection::build("anthropic", &params(json!({"model": "claude-3-5", "api_key": "k"})), None).unwrap();
+        assert_eq!(c.url(Operation::Chat).unwrap().as_str(), "https://api.anthropic.com/v1/messages");
         assert!(c.url(Operation::Embeddings).is_none());
-        let err = Connection::build(
-            "azure_openai",
-            &params(json!({"model": "m", "api_key": "k"})),
-            None,
-        )
-        .unwrap_err();
+        let err = Connection::build("azure_openai", &params(json!({"model": "m", "api_key": "k"})), None).unwrap_err();
         assert!(err.to_string().contains("api_base is required"), "{err}");
         let b = Connection::build("bedrock", &params(json!({"model": "bedrock/x"})), None).unwrap();
-        assert_eq!(
-            b.api_base(),
-            "https://bedrock-runtime.us-east-1.amazonaws.com"
-        );
+        assert_eq!(b.api_base(), "https://bedrock-runtime.us-east-1.amazonaws.com");
         assert!(!b.bedrock_ready());
-        assert!(
-            Connection::build(
-                "openai",
-                &params(json!({"model": "m", "api_base": "ftp://x"})),
-                None
-            )
-            .is_err()
-        );
+        assert!(Connection::build("openai", &params(json!({"model": "m", "api_base": "ftp://x"})), None).is_err());
         assert!(Connection::build("openai", &params(json!({"model": " "})), None).is_err());
     }
 
     #[test]
     fn gemini_model_is_one_path_segment() {
-        let c = Connection::build(
-            "gemini",
-            &params(json!({"model": "gemini/gemini-2.0-flash", "api_key": "k"})),
-            None,
-        )
-        .unwrap();
+        let c = Connection::build("gemini", &params(json!({"model": "gemini/gemini-2.0-flash", "api_key": "k"})), None)
+            .unwrap();
         assert_eq!(
             c.url(Operation::Chat).unwrap().as_str(),
             "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent"
@@ -476,19 +398,10 @@ mod tests {
     fn keys_missing_vs_keyless_providers() {
         let openai = Connection::build("openai", &params(json!({"model": "m"})), None).unwrap();
         assert!(matches!(openai.auth, Auth::Missing));
-        let vllm = Connection::build(
-            "vllm",
-            &params(json!({"model": "m", "api_base": "http://x"})),
-            None,
-        )
-        .unwrap();
+        let vllm = Connection::build("vllm", &params(json!({"model": "m", "api_base": "http://x"})), None).unwrap();
         assert!(matches!(vllm.auth, Auth::None));
-        let unknown = Connection::build(
-            "my-llm",
-            &params(json!({"model": "m", "api_base": "http://x"})),
-            None,
-        )
-        .unwrap();
+        let unknown =
+            Connection::build("my-llm", &params(json!({"model": "m", "api_base": "http://x"})), None).unwrap();
         assert!(matches!(unknown.auth, Auth::None));
         assert!(!unknown.is_known_provider());
     }
@@ -496,12 +409,9 @@ mod tests {
     #[test]
     fn defaults_drop_ui_only_keys_and_timeout_reads_seconds() {
         let defaults = params(json!({"temperature": 0.2, "available_voices": ["a"], "model": "x"}));
-        let c = Connection::build(
-            "openai",
-            &params(json!({"model": "m", "api_key": "k", "timeout": 12})),
-            Some(&defaults),
-        )
-        .unwrap();
+        let c =
+            Connection::build("openai", &params(json!({"model": "m", "api_key": "k", "timeout": 12})), Some(&defaults))
+                .unwrap();
         let keys: Vec<&str> = c.defaults().map(|(k, _)| k).collect();
         assert_eq!(keys, ["temperature"]);
         assert_eq!(c.read_timeout(), Some(Duration::from_secs(12)));
@@ -509,12 +419,8 @@ mod tests {
 
     #[test]
     fn bad_key_characters_do_not_echo_the_key() {
-        let err = Connection::build(
-            "openai",
-            &params(json!({"model": "m", "api_key": "sk-line\nbreak"})),
-            None,
-        )
-        .unwrap_err();
+        let err =
+            Connection::build("openai", &params(json!({"model": "m", "api_key": "sk-line\nbreak"})), None).unwrap_err();
         assert!(!err.to_string().contains("sk-line"), "{err}");
     }
 }

@@ -69,32 +69,17 @@ pub struct Error {
 impl Error {
     /// A local rejection (400) with a user-facing message.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self {
-            class: ErrorClass::InvalidRequest,
-            status: None,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self { class: ErrorClass::InvalidRequest, status: None, message: message.into(), retry_after: None }
     }
 
     /// A deadline or read timeout.
     pub fn timeout(message: impl Into<String>) -> Self {
-        Self {
-            class: ErrorClass::Timeout,
-            status: None,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self { class: ErrorClass::Timeout, status: None, message: message.into(), retry_after: None }
     }
 
     /// A connection-level failure.
     pub fn transport(message: impl Into<String>) -> Self {
-        Self {
-            class: ErrorClass::Transport,
-            status: None,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self { class: ErrorClass::Transport, status: None, message: message.into(), retry_after: None }
     }
 
     /// RUN-11 default retry set: timeouts, transport failures, 408/429/502/503/504.
@@ -112,10 +97,7 @@ impl Error {
     pub fn health_affecting(&self) -> bool {
         matches!(
             self.class,
-            ErrorClass::Timeout
-                | ErrorClass::Transport
-                | ErrorClass::RateLimit
-                | ErrorClass::Upstream5xx
+            ErrorClass::Timeout | ErrorClass::Transport | ErrorClass::RateLimit | ErrorClass::Upstream5xx
         )
     }
 
@@ -152,30 +134,18 @@ impl Error {
     /// Classify a non-success upstream response from its status, headers and body.
     pub fn from_response(status: u16, headers: &HeaderMap, body: &[u8]) -> Self {
         let detail = ErrorDetail::parse(body);
-        let message = detail
-            .message
-            .unwrap_or_else(|| format!("Upstream returned status {status}"));
+        let message = detail.message.unwrap_or_else(|| format!("Upstream returned status {status}"));
         let class = match status {
             429 => ErrorClass::RateLimit,
             408 => ErrorClass::Timeout,
             500.. => ErrorClass::Upstream5xx,
             _ => {
-                let haystack =
-                    format!("{} {} {}", message, detail.code, detail.kind).to_ascii_lowercase();
+                let haystack = format!("{} {} {}", message, detail.code, detail.kind).to_ascii_lowercase();
                 classify_client_text(&haystack)
             }
         };
-        let retry_after = if status == 429 || status == 503 {
-            retry_after(headers, SystemTime::now())
-        } else {
-            None
-        };
-        Self {
-            class,
-            status: Some(status),
-            message,
-            retry_after,
-        }
+        let retry_after = if status == 429 || status == 503 { retry_after(headers, SystemTime::now()) } else { None };
+        Self { class, status: Some(status), message, retry_after }
     }
 
     /// Classify a reqwest failure. The URL is stripped first: it may carry a
@@ -190,11 +160,7 @@ impl Error {
             message.push_str(&s.to_string());
             source = s.source();
         }
-        if timed_out {
-            Self::timeout(format!("Upstream read timed out ({message})"))
-        } else {
-            Self::transport(message)
-        }
+        if timed_out { Self::timeout(format!("Upstream read timed out ({message})")) } else { Self::transport(message) }
     }
 }
 
@@ -214,13 +180,7 @@ fn classify_client_text(haystack: &str) -> ErrorClass {
         "prompt is too long",
         "input is too long",
     ];
-    const POLICY: [&str; 5] = [
-        "content_filter",
-        "safety system",
-        "content_policy",
-        "content policy",
-        "responsible ai",
-    ];
+    const POLICY: [&str; 5] = ["content_filter", "safety system", "content_policy", "content policy", "responsible ai"];
     if CONTEXT.iter().any(|p| haystack.contains(p)) {
         ErrorClass::ContextWindowExceeded
     } else if POLICY.iter().any(|p| haystack.contains(p)) {
@@ -257,31 +217,20 @@ impl ErrorDetail {
             let text = String::from_utf8_lossy(body);
             let text = text.trim();
             let message = (!text.is_empty()).then(|| truncate(text, 500));
-            return Self {
-                message,
-                ..Self::default()
-            };
+            return Self { message, ..Self::default() };
         };
         let mut out = Self::default();
         match env.error {
             Some(serde_json::Value::Object(obj)) => {
                 out.message = obj.get("message").map(text_of).filter(|m| !m.is_empty());
                 out.code = obj.get("code").map(text_of).unwrap_or_default();
-                out.kind = obj
-                    .get("type")
-                    .or_else(|| obj.get("status"))
-                    .map(text_of)
-                    .unwrap_or_default();
+                out.kind = obj.get("type").or_else(|| obj.get("status")).map(text_of).unwrap_or_default();
             }
             Some(serde_json::Value::String(s)) => out.message = Some(s),
             _ => {}
         }
         if out.message.is_none() {
-            out.message = env
-                .message
-                .or(env.detail)
-                .map(|v| text_of(&v))
-                .filter(|m| !m.is_empty());
+            out.message = env.message.or(env.detail).map(|v| text_of(&v)).filter(|m| !m.is_empty());
         }
         out.message = out.message.map(|m| truncate(&m, 2000));
         out
@@ -298,20 +247,14 @@ fn truncate(text: &str, max_chars: usize) -> String {
 /// `Retry-After` as delta-seconds or an HTTP date; OpenAI's `retry-after-ms`
 /// is more precise and wins when present.
 pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(ms) = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
+    if let Some(ms) =
+        headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok())
         && ms.is_finite()
         && ms >= 0.0
     {
         return Some(Duration::from_secs_f64(ms / 1000.0));
     }
-    let value = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
@@ -348,11 +291,7 @@ mod tests {
         ];
         for (status, class, retry, health) in cases {
             let e = Error::from_response(status, &h, b"{}");
-            assert_eq!(
-                (e.class, e.retryable(), e.health_affecting()),
-                (class, retry, health),
-                "{status}"
-            );
+            assert_eq!((e.class, e.retryable(), e.health_affecting()), (class, retry, health), "{status}");
             assert_eq!(e.status, Some(status));
         }
     }
@@ -361,21 +300,11 @@ mod tests {
     fn text_classes_from_upstream_bodies() {
         let h = HeaderMap::new();
         let ctx = br#"{"error":{"message":"This model's maximum context length is 8192 tokens","code":"context_length_exceeded"}}"#;
-        assert_eq!(
-            Error::from_response(400, &h, ctx).class,
-            ErrorClass::ContextWindowExceeded
-        );
+        assert_eq!(Error::from_response(400, &h, ctx).class, ErrorClass::ContextWindowExceeded);
         let anthropic = br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens > 200000 maximum"}}"#;
-        assert_eq!(
-            Error::from_response(400, &h, anthropic).class,
-            ErrorClass::ContextWindowExceeded
-        );
-        let filter =
-            br#"{"error":{"message":"The response was filtered","code":"content_filter"}}"#;
-        assert_eq!(
-            Error::from_response(400, &h, filter).class,
-            ErrorClass::ContentPolicyViolation
-        );
+        assert_eq!(Error::from_response(400, &h, anthropic).class, ErrorClass::ContextWindowExceeded);
+        let filter = br#"{"error":{"message":"The response was filtered","code":"content_filter"}}"#;
+        assert_eq!(Error::from_response(400, &h, filter).class, ErrorClass::ContentPolicyViolation);
         let plain = br#"{"error":{"message":"Invalid value for 'temperature'"}}"#;
         let e = Error::from_response(400, &h, plain);
         assert_eq!(e.class, ErrorClass::UpstreamClient);
@@ -386,31 +315,15 @@ mod tests {
     #[test]
     fn message_fallbacks() {
         let h = HeaderMap::new();
-        assert_eq!(
-            Error::from_response(404, &h, br#"{"error":"no such model"}"#).message,
-            "no such model"
-        );
-        assert_eq!(
-            Error::from_response(422, &h, br#"{"detail":"bad"}"#).message,
-            "bad"
-        );
-        assert_eq!(
-            Error::from_response(400, &h, b"plain text oops").message,
-            "plain text oops"
-        );
-        assert_eq!(
-            Error::from_response(400, &h, b"").message,
-            "Upstream returned status 400"
-        );
+        assert_eq!(Error::from_response(404, &h, br#"{"error":"no such model"}"#).message, "no such model");
+        assert_eq!(Error::from_response(422, &h, br#"{"detail":"bad"}"#).message, "bad");
+        assert_eq!(Error::from_response(400, &h, b"plain text oops").message, "plain text oops");
+        assert_eq!(Error::from_response(400, &h, b"").message, "Upstream returned status 400");
     }
 
     #[test]
     fn five_hundreds_hide_upstream_detail_from_clients() {
-        let e = Error::from_response(
-            503,
-            &HeaderMap::new(),
-            br#"{"error":{"message":"node gpu-7 oom at 10.0.0.3"}}"#,
-        );
+        let e = Error::from_response(503, &HeaderMap::new(), br#"{"error":{"message":"node gpu-7 oom at 10.0.0.3"}}"#);
         assert_eq!(e.client_message(), "Provider error: 503");
         assert_eq!(e.api_kind(), ApiErrorKind::ServiceUnavailable);
         assert!(e.message.contains("gpu-7"), "internal detail kept for logs");
@@ -419,25 +332,13 @@ mod tests {
     #[test]
     fn retry_after_seconds_date_and_ms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", "7")]), now),
-            Some(Duration::from_secs(7))
-        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "7")]), now), Some(Duration::from_secs(7)));
         let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", &date)]), now),
-            Some(Duration::from_secs(30))
-        );
+        assert_eq!(retry_after(&headers(&[("retry-after", &date)]), now), Some(Duration::from_secs(30)));
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(retry_after(&headers(&[("retry-after", &past)]), now), Some(Duration::ZERO));
         assert_eq!(
-            retry_after(&headers(&[("retry-after", &past)]), now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(
-            retry_after(
-                &headers(&[("retry-after", "7"), ("retry-after-ms", "1500")]),
-                now
-            ),
+            retry_after(&headers(&[("retry-after", "7"), ("retry-after-ms", "1500")]), now),
             Some(Duration::from_millis(1500))
         );
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);

@@ -33,17 +33,13 @@ const GENERATION_CONFIG: [(&str, &str); 7] = [
 /// The `generateContent` request body.
 pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Result<Vec<u8>> {
     let messages: Vec<ChatMessage> = match conn.field(body, "messages") {
-        Some(raw) => serde_json::from_str(raw.get())
-            .map_err(|e| Error::invalid(format!("Invalid 'messages' field: {e}")))?,
+        Some(raw) => {
+            serde_json::from_str(raw.get()).map_err(|e| Error::invalid(format!("Invalid 'messages' field: {e}")))?
+        }
         None => return Err(Error::invalid("'messages' is required")),
     };
-    if body
-        .get("tools")
-        .is_some_and(|t| !matches!(t.get().trim(), "null" | "[]"))
-    {
-        return Err(Error::invalid(
-            "Tool calling is not supported for provider 'gemini' yet",
-        ));
+    if body.get("tools").is_some_and(|t| !matches!(t.get().trim(), "null" | "[]")) {
+        return Err(Error::invalid("Tool calling is not supported for provider 'gemini' yet"));
     }
     let mut system_parts = Vec::new();
     let mut contents = Vec::with_capacity(messages.len());
@@ -54,9 +50,7 @@ pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Result<
             "user" => contents.push(json!({"role": "user", "parts": parts})),
             "assistant" => contents.push(json!({"role": "model", "parts": parts})),
             other => {
-                return Err(Error::invalid(format!(
-                    "Unsupported message role '{other}' for provider 'gemini'"
-                )));
+                return Err(Error::invalid(format!("Unsupported message role '{other}' for provider 'gemini'")));
             }
         }
     }
@@ -67,8 +61,8 @@ pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Result<
             continue;
         }
         if let Some(raw) = conn.field(body, openai) {
-            let v: Value = serde_json::from_str(raw.get())
-                .map_err(|e| Error::invalid(format!("Invalid '{openai}': {e}")))?;
+            let v: Value =
+                serde_json::from_str(raw.get()).map_err(|e| Error::invalid(format!("Invalid '{openai}': {e}")))?;
             if !v.is_null() {
                 config.insert(gemini.to_owned(), v);
             }
@@ -84,9 +78,7 @@ pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Result<
             }
             Ok(Value::Null | Value::Array(_)) => {}
             _ => {
-                return Err(Error::invalid(
-                    "'stop' must be a string or an array of strings",
-                ));
+                return Err(Error::invalid("'stop' must be a string or an array of strings"));
             }
         }
     }
@@ -107,9 +99,7 @@ fn parts(content: Value) -> Result<Vec<Value>> {
         Value::String(s) => Ok(vec![json!({"text": s})]),
         Value::Null => Ok(vec![json!({"text": ""})]),
         Value::Array(items) => items.into_iter().map(part).collect(),
-        _ => Err(Error::invalid(
-            "message content must be a string or an array",
-        )),
+        _ => Err(Error::invalid("message content must be a string or an array")),
     }
 }
 
@@ -122,8 +112,8 @@ fn part(p: Value) -> Result<Value> {
                 .and_then(|i| i.get("url").or(Some(i)))
                 .and_then(Value::as_str)
                 .ok_or_else(|| Error::invalid("image_url part needs a url"))?;
-            let (mime_type, data) = data_url(url)
-                .ok_or_else(|| Error::invalid("Gemini image inputs must be base64 data: URLs"))?;
+            let (mime_type, data) =
+                data_url(url).ok_or_else(|| Error::invalid("Gemini image inputs must be base64 data: URLs"))?;
             Ok(json!({"inlineData": {"mimeType": mime_type, "data": data}}))
         }
         other => Err(Error::invalid(format!(
@@ -219,10 +209,7 @@ pub(crate) fn response(conn: &Connection, body: &[u8]) -> Result<(Bytes, Usage)>
         prompt_tokens_cached: m.cached_content_token_count,
         ..Usage::default()
     };
-    let id = format!(
-        "chatcmpl-{}",
-        resp.response_id.as_deref().unwrap_or("gemini")
-    );
+    let id = format!("chatcmpl-{}", resp.response_id.as_deref().unwrap_or("gemini"));
     let out = json!({
         "id": id,
         "object": "chat.completion",
@@ -249,7 +236,8 @@ mod tests {
     use super::*;
 
     fn conn(defaults: Option<Value>) -> Connection {
-        let params = json!({"model": "gemini/gemini-2.0-flash", "api_key": "k", "api_base": "http://localhost:1/v1beta"});
+        let params =
+            json!({"model": "gemini/gemini-2.0-flash", "api_key": "k", "api_base": "http://localhost:1/v1beta"});
         let defaults = defaults.map(|d| d.as_object().cloned().unwrap());
         Connection::build("gemini", params.as_object().unwrap(), defaults.as_ref()).unwrap()
     }
@@ -268,10 +256,8 @@ mod tests {
         });
         let bytes = serde_json::to_vec(&client).unwrap();
         let body = RequestBody::parse(&bytes).unwrap();
-        let out: Value = serde_json::from_slice(
-            &request_body(&conn(Some(json!({"temperature": 0.5}))), &body).unwrap(),
-        )
-        .unwrap();
+        let out: Value =
+            serde_json::from_slice(&request_body(&conn(Some(json!({"temperature": 0.5}))), &body).unwrap()).unwrap();
         assert_eq!(
             out,
             json!({
@@ -297,20 +283,13 @@ mod tests {
             v["choices"][0],
             json!({"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"})
         );
-        assert_eq!(
-            v["usage"],
-            json!({"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6})
-        );
+        assert_eq!(v["usage"], json!({"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}));
         assert_eq!(usage.total_tokens, 6);
     }
 
     #[test]
     fn blocked_prompt_is_content_policy() {
-        let err = response(
-            &conn(None),
-            br#"{"promptFeedback":{"blockReason":"SAFETY"}}"#,
-        )
-        .unwrap_err();
+        let err = response(&conn(None), br#"{"promptFeedback":{"blockReason":"SAFETY"}}"#).unwrap_err();
         assert_eq!(err.class, ErrorClass::ContentPolicyViolation);
     }
 }

@@ -18,21 +18,13 @@ use crate::usage::{self, Usage};
 
 /// The upstream key for a client key after provider translation.
 fn upstream_key<'k>(conn: &Connection, key: &'k str) -> &'k str {
-    if key == "max_tokens" && conn.rename_max_tokens() {
-        "max_completion_tokens"
-    } else {
-        key
-    }
+    if key == "max_tokens" && conn.rename_max_tokens() { "max_completion_tokens" } else { key }
 }
 
 /// The upstream JSON body.
 pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Vec<u8> {
-    let mut out = ObjectWriter::with_capacity(
-        body.iter()
-            .map(|(k, v)| k.len() + v.get().len() + 4)
-            .sum::<usize>()
-            + 64,
-    );
+    let mut out =
+        ObjectWriter::with_capacity(body.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + 64);
     out.raw("model", conn.model_json());
     // When the client sent both, the explicit new name wins and the old one
     // is dropped: the upstream rejects requests that carry both.
@@ -46,9 +38,7 @@ pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Vec<u8>
     }
     for (key, value) in conn.defaults() {
         let key = upstream_key(conn, key);
-        let present = body
-            .iter()
-            .any(|(k, _)| k != "metadata" && upstream_key(conn, k) == key);
+        let present = body.iter().any(|(k, _)| k != "metadata" && upstream_key(conn, k) == key);
         if !present {
             out.raw(key, value.get());
         }
@@ -71,10 +61,7 @@ pub(crate) fn response_usage(op: Operation, body: &Bytes) -> Option<Usage> {
     let images = env.data.map(|d| d.len() as u64);
     match (env.usage.map(Usage::from), images) {
         (Some(u), images) => Some(Usage { images, ..u }),
-        (None, Some(n)) => Some(Usage {
-            images: Some(n),
-            ..Usage::default()
-        }),
+        (None, Some(n)) => Some(Usage { images: Some(n), ..Usage::default() }),
         (None, None) => None,
     }
 }
@@ -99,11 +86,7 @@ mod tests {
 
     #[test]
     fn model_replaced_metadata_dropped_defaults_fill_gaps() {
-        let c = conn(
-            "openai",
-            "openai/gpt-4o",
-            Some(json!({"temperature": 0.1, "top_p": 0.5})),
-        );
+        let c = conn("openai", "openai/gpt-4o", Some(json!({"temperature": 0.1, "top_p": 0.5})));
         let out = rewrite(
             &c,
             json!({"model": "public", "messages": [{"role": "user", "content": "hi"}], "metadata": {"tags": ["a"]}, "temperature": 0.9}),
@@ -121,37 +104,20 @@ mod tests {
             rewrite(&c, json!({"model": "m", "max_tokens": 7})),
             json!({"model": "gpt-5", "max_completion_tokens": 7})
         );
+        assert_eq!(rewrite(&c, json!({"model": "m"})), json!({"model": "gpt-5", "max_completion_tokens": 100}));
         assert_eq!(
-            rewrite(&c, json!({"model": "m"})),
-            json!({"model": "gpt-5", "max_completion_tokens": 100})
-        );
-        assert_eq!(
-            rewrite(
-                &c,
-                json!({"model": "m", "max_tokens": 7, "max_completion_tokens": 9})
-            ),
+            rewrite(&c, json!({"model": "m", "max_tokens": 7, "max_completion_tokens": 9})),
             json!({"model": "gpt-5", "max_completion_tokens": 9})
         );
         let groq = conn("groq", "gpt-5", None);
-        assert_eq!(
-            rewrite(&groq, json!({"max_tokens": 7})),
-            json!({"model": "gpt-5", "max_tokens": 7})
-        );
+        assert_eq!(rewrite(&groq, json!({"max_tokens": 7})), json!({"model": "gpt-5", "max_tokens": 7}));
     }
 
     #[test]
     fn image_usage_counts_images() {
         let body = Bytes::from_static(br#"{"created":1,"data":[{"url":"a"},{"url":"b"}]}"#);
-        assert_eq!(
-            response_usage(Operation::ImageGeneration, &body).and_then(|u| u.images),
-            Some(2)
-        );
-        let chat = Bytes::from_static(
-            br#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
-        );
-        assert_eq!(
-            response_usage(Operation::Chat, &chat).map(|u| u.total_tokens),
-            Some(3)
-        );
+        assert_eq!(response_usage(Operation::ImageGeneration, &body).and_then(|u| u.images), Some(2));
+        let chat = Bytes::from_static(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#);
+        assert_eq!(response_usage(Operation::Chat, &chat).map(|u| u.total_tokens), Some(3));
     }
 }

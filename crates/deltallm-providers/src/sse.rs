@@ -210,18 +210,13 @@ impl ChatStream {
             done: false,
             usage: usage.clone(),
         };
-        Self {
-            inner: futures_util::stream::unfold(state, State::next).boxed(),
-            usage,
-        }
+        Self { inner: futures_util::stream::unfold(state, State::next).boxed(), usage }
     }
 }
 
 impl std::fmt::Debug for ChatStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatStream")
-            .field("usage", &self.usage)
-            .finish_non_exhaustive()
+        f.debug_struct("ChatStream").field("usage", &self.usage).finish_non_exhaustive()
     }
 }
 
@@ -316,9 +311,7 @@ mod tests {
     use super::*;
 
     fn lines(splitter: &mut LineSplitter) -> Vec<String> {
-        std::iter::from_fn(|| splitter.next_line())
-            .map(|l| String::from_utf8(l.to_vec()).unwrap())
-            .collect()
+        std::iter::from_fn(|| splitter.next_line()).map(|l| String::from_utf8(l.to_vec()).unwrap()).collect()
     }
 
     #[test]
@@ -340,9 +333,7 @@ mod tests {
         let mut s = LineSplitter::default();
         s.push(chunk.clone());
         let line = s.next_line().unwrap();
-        let Field::Data(payload) = field(&line) else {
-            panic!("not data")
-        };
+        let Field::Data(payload) = field(&line) else { panic!("not data") };
         assert_eq!(&payload[..], b"{\"x\":1}");
         // Same allocation: the payload points into the network chunk.
         assert_eq!(payload.as_ptr(), chunk[6..].as_ptr());
@@ -351,32 +342,17 @@ mod tests {
     #[test]
     fn openai_translator_forwards_data_only() {
         let mut t = OpenAiSse::default();
-        assert!(matches!(
-            t.line(Bytes::from_static(b": keepalive")),
-            Step::Skip
-        ));
-        assert!(matches!(
-            t.line(Bytes::from_static(b"event: message")),
-            Step::Skip
-        ));
+        assert!(matches!(t.line(Bytes::from_static(b": keepalive")), Step::Skip));
+        assert!(matches!(t.line(Bytes::from_static(b"event: message")), Step::Skip));
         assert!(matches!(t.line(Bytes::from_static(b"")), Step::Skip));
-        let Step::Emit(p) = t.line(Bytes::from_static(b"data:{\"a\":1}")) else {
-            panic!("emit")
-        };
+        let Step::Emit(p) = t.line(Bytes::from_static(b"data:{\"a\":1}")) else { panic!("emit") };
         assert_eq!(&p[..], b"{\"a\":1}");
-        let with_usage = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3,\"total_tokens\":5}}";
-        assert!(matches!(
-            t.line(Bytes::from_static(with_usage)),
-            Step::Emit(_)
-        ));
+        let with_usage =
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3,\"total_tokens\":5}}";
+        assert!(matches!(t.line(Bytes::from_static(with_usage)), Step::Emit(_)));
         assert_eq!(t.usage().map(|u| u.total_tokens), Some(5));
-        assert!(matches!(
-            t.line(Bytes::from_static(b"data: [DONE]")),
-            Step::Done
-        ));
-        let Step::Fail(e) = t.line(Bytes::from_static(
-            b"data: {\"error\":{\"message\":\"overloaded\"}}",
-        )) else {
+        assert!(matches!(t.line(Bytes::from_static(b"data: [DONE]")), Step::Done));
+        let Step::Fail(e) = t.line(Bytes::from_static(b"data: {\"error\":{\"message\":\"overloaded\"}}")) else {
             panic!("fail")
         };
         assert_eq!(e.message, "overloaded");

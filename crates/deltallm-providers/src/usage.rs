@@ -49,10 +49,7 @@ impl From<WireUsage> for Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: w.total_tokens.unwrap_or(prompt + completion),
-            prompt_tokens_cached: w
-                .prompt_tokens_details
-                .or(w.input_tokens_details)
-                .and_then(|d| d.cached_tokens),
+            prompt_tokens_cached: w.prompt_tokens_details.or(w.input_tokens_details).and_then(|d| d.cached_tokens),
             seconds: w.seconds,
             ..Usage::default()
         }
@@ -66,10 +63,7 @@ pub(crate) fn from_body(body: &[u8]) -> Option<Usage> {
     struct Envelope {
         usage: Option<WireUsage>,
     }
-    serde_json::from_slice::<Envelope>(body)
-        .ok()?
-        .usage
-        .map(Usage::from)
+    serde_json::from_slice::<Envelope>(body).ok()?.usage.map(Usage::from)
 }
 
 /// Cheap pre-check so stream chunks without usage are never parsed.
@@ -102,17 +96,11 @@ mod tests {
     #[test]
     fn embeddings_and_transcription_variants() {
         let e = from_body(br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#).unwrap();
-        assert_eq!(
-            (e.prompt_tokens, e.completion_tokens, e.total_tokens),
-            (8, 0, 8)
-        );
+        assert_eq!((e.prompt_tokens, e.completion_tokens, e.total_tokens), (8, 0, 8));
         let t = from_body(br#"{"text":"hi","usage":{"type":"duration","seconds":3.5}}"#).unwrap();
         assert_eq!(t.seconds, Some(3.5));
         let io = from_body(br#"{"usage":{"input_tokens":3,"output_tokens":4}}"#).unwrap();
-        assert_eq!(
-            (io.prompt_tokens, io.completion_tokens, io.total_tokens),
-            (3, 4, 7)
-        );
+        assert_eq!((io.prompt_tokens, io.completion_tokens, io.total_tokens), (3, 4, 7));
         assert_eq!(from_body(br#"{"usage":null}"#), None);
         assert_eq!(from_body(br#"{"id":"x"}"#), None);
         assert!(mentions_usage(br#"{"usage":null}"#));

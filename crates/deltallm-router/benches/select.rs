@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use deltallm_router::{
-    DeploymentState, Member, OwnedInFlightGuard, RouteMeta, Strategy, UnixMs, select,
-};
+use deltallm_router::{DeploymentState, Member, OwnedInFlightGuard, RouteMeta, Strategy, UnixMs, select};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -62,16 +60,7 @@ fn bench_select(c: &mut Criterion) {
         });
     }
     c.bench_function(&format!("select/{GROUP}/weighted+pre_call_checks"), |b| {
-        b.iter(|| {
-            select(
-                black_box(&members),
-                Strategy::Weighted,
-                &[],
-                true,
-                now,
-                &mut rng,
-            )
-        })
+        b.iter(|| select(black_box(&members), Strategy::Weighted, &[], true, now, &mut rng))
     });
 }
 

@@ -18,9 +18,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            base: DEFAULT_RETRY_BASE,
-        }
+        Self { base: DEFAULT_RETRY_BASE }
     }
 }
 
@@ -28,10 +26,7 @@ impl Backoff {
     /// From the `router_settings.retry_after` seconds; 0, negative or
     /// non-finite values give the 1 s default.
     pub fn from_retry_after_secs(retry_after: f64) -> Self {
-        let base = Duration::try_from_secs_f64(retry_after)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .unwrap_or(DEFAULT_RETRY_BASE);
+        let base = Duration::try_from_secs_f64(retry_after).ok().filter(|d| !d.is_zero()).unwrap_or(DEFAULT_RETRY_BASE);
         Self { base }
     }
 
@@ -43,11 +38,7 @@ impl Backoff {
 
 /// `min(base·2^attempt, 30 s)·U[0.5, 1)` (RUN-10). A zero `base` means 1 s.
 pub fn retry_delay<R: Rng + ?Sized>(base: Duration, attempt: u32, rng: &mut R) -> Duration {
-    let base = if base.is_zero() {
-        DEFAULT_RETRY_BASE
-    } else {
-        base
-    };
+    let base = if base.is_zero() { DEFAULT_RETRY_BASE } else { base };
     let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
     let capped = base.saturating_mul(factor).min(MAX_RETRY_DELAY);
     capped.mul_f64(rng.random_range(0.5..1.0))
@@ -77,14 +68,8 @@ mod tests {
         let d = retry_delay(Duration::ZERO, 0, &mut rng);
         assert!(d >= Duration::from_millis(500) && d < Duration::from_secs(1));
         assert_eq!(Backoff::from_retry_after_secs(0.0).base, DEFAULT_RETRY_BASE);
-        assert_eq!(
-            Backoff::from_retry_after_secs(f64::NAN).base,
-            DEFAULT_RETRY_BASE
-        );
-        assert_eq!(
-            Backoff::from_retry_after_secs(2.5).base,
-            Duration::from_millis(2500)
-        );
+        assert_eq!(Backoff::from_retry_after_secs(f64::NAN).base, DEFAULT_RETRY_BASE);
+        assert_eq!(Backoff::from_retry_after_secs(2.5).base, Duration::from_millis(2500));
         let d = Backoff::from_retry_after_secs(2.0).delay(1, &mut rng);
         assert!(d >= Duration::from_secs(2) && d < Duration::from_secs(4));
     }

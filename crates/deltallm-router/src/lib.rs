@@ -26,7 +26,5 @@ pub use backoff::{Backoff, retry_delay};
 pub use clock::UnixMs;
 pub use error::{Error, Result};
 pub use select::{Member, RouteMeta, failover_order, select, utilization};
-pub use state::{
-    CooldownPolicy, DeploymentState, HealthSnapshot, InFlightGuard, OwnedInFlightGuard,
-};
+pub use state::{CooldownPolicy, DeploymentState, HealthSnapshot, InFlightGuard, OwnedInFlightGuard};
 pub use strategy::{Strategy, parse_strategy_or_default};

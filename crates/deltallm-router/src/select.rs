@@ -63,10 +63,7 @@ impl RouteMeta {
     /// as soon as one tag is requested.
     #[inline]
     pub fn has_all_tags(&self, request_tags: &[&str]) -> bool {
-        request_tags
-            .iter()
-            .filter(|t| !t.is_empty())
-            .all(|t| self.tags.iter().any(|own| own.as_ref() == *t))
+        request_tags.iter().filter(|t| !t.is_empty()).all(|t| self.tags.iter().any(|own| own.as_ref() == *t))
     }
 }
 
@@ -83,11 +80,7 @@ pub struct Member<T> {
 
 impl<T> Clone for Member<T> {
     fn clone(&self) -> Self {
-        Self {
-            meta: self.meta.clone(),
-            state: Arc::clone(&self.state),
-            target: Arc::clone(&self.target),
-        }
+        Self { meta: self.meta.clone(), state: Arc::clone(&self.state), target: Arc::clone(&self.target) }
     }
 }
 
@@ -123,49 +116,24 @@ pub fn select<T, R: Rng + ?Sized>(
     now: UnixMs,
     rng: &mut R,
 ) -> Option<usize> {
-    let filter = Filter {
-        tags: request_tags,
-        tagged: request_tags.iter().any(|t| !t.is_empty()),
-        pre_call_checks,
-        now,
-    };
+    let filter =
+        Filter { tags: request_tags, tagged: request_tags.iter().any(|t| !t.is_empty()), pre_call_checks, now };
     let weight = |m: &Member<T>| u64::from(m.meta.weight);
     match strategy {
         Strategy::SimpleShuffle => pick(members, &filter, |_| Some(()), |_| 1, rng),
-        Strategy::Weighted | Strategy::TagBased => {
-            pick(members, &filter, |_| Some(()), weight, rng)
-        }
+        Strategy::Weighted | Strategy::TagBased => pick(members, &filter, |_| Some(()), weight, rng),
         Strategy::PriorityBased => pick(members, &filter, |m| Some(m.meta.priority), weight, rng),
         Strategy::LeastBusy => pick(members, &filter, |m| Some(m.state.in_flight()), weight, rng),
         // Unsampled members have no key and so join whatever tie set wins (EDGE-9).
-        Strategy::LatencyBased => pick(
-            members,
-            &filter,
-            |m| m.state.avg_latency_ms(now),
-            weight,
-            rng,
-        ),
+        Strategy::LatencyBased => pick(members, &filter, |m| m.state.avg_latency_ms(now), weight, rng),
         Strategy::CostBased => pick(
             members,
             &filter,
-            |m| {
-                Some(
-                    m.meta
-                        .unit_cost
-                        .filter(|c| !c.is_nan())
-                        .unwrap_or(f64::INFINITY),
-                )
-            },
+            |m| Some(m.meta.unit_cost.filter(|c| !c.is_nan()).unwrap_or(f64::INFINITY)),
             weight,
             rng,
         ),
-        Strategy::UsageBased => pick(
-            members,
-            &filter,
-            |m| Some(utilization(&m.meta, &m.state, now)),
-            weight,
-            rng,
-        ),
+        Strategy::UsageBased => pick(members, &filter, |m| Some(utilization(&m.meta, &m.state, now)), weight, rng),
         // `false` (below the threshold) sorts first; when no member is below
         // it, all share the key `true` and the pick is weighted over all.
         Strategy::RateLimitAware => pick(
@@ -182,15 +150,10 @@ pub fn select<T, R: Rng + ?Sized>(
 /// registry order. Availability is not re-checked here; callers skip
 /// members whose `state.is_available(now)` is false when they reach them.
 /// An out-of-range `primary` yields plain registry order.
-pub fn failover_order<T>(
-    members: &[Member<T>],
-    primary: usize,
-) -> impl Iterator<Item = usize> + use<T> {
+pub fn failover_order<T>(members: &[Member<T>], primary: usize) -> impl Iterator<Item = usize> + use<T> {
     let n = members.len();
     let primary = (primary < n).then_some(primary);
-    primary
-        .into_iter()
-        .chain((0..n).filter(move |&i| Some(i) != primary))
+    primary.into_iter().chain((0..n).filter(move |&i| Some(i) != primary))
 }
 
 /// The request-independent part of RUN-6 filtering.
@@ -259,11 +222,7 @@ where
         (best.zero, wild.zero)
     };
     match (a.pick, b.pick) {
-        (Some(x), Some(y)) => Some(if rng.random_range(0..a.total + b.total) < a.total {
-            x
-        } else {
-            y
-        }),
+        (Some(x), Some(y)) => Some(if rng.random_range(0..a.total + b.total) < a.total { x } else { y }),
         (x, y) => x.or(y),
     }
 }
@@ -277,10 +236,7 @@ struct TieSet {
 }
 
 impl TieSet {
-    const EMPTY: TieSet = TieSet {
-        weighted: Reservoir::EMPTY,
-        zero: Reservoir::EMPTY,
-    };
+    const EMPTY: TieSet = TieSet { weighted: Reservoir::EMPTY, zero: Reservoir::EMPTY };
 
     #[inline]
     fn offer<R: Rng + ?Sized>(&mut self, i: usize, w: u64, rng: &mut R) {
@@ -306,11 +262,7 @@ struct Reservoir {
 }
 
 impl Reservoir {
-    const EMPTY: Reservoir = Reservoir {
-        pick: None,
-        total: 0,
-        next: 0.0,
-    };
+    const EMPTY: Reservoir = Reservoir { pick: None, total: 0, next: 0.0 };
 
     /// Offer member `i` with weight `w > 0`.
     #[inline]
@@ -373,30 +325,19 @@ mod tests {
     }
 
     fn cool_down(m: &Member<()>) {
-        let p = CooldownPolicy {
-            allowed_fails: 0,
-            cooldown: Duration::from_secs(60),
-        };
+        let p = CooldownPolicy { allowed_fails: 0, cooldown: Duration::from_secs(60) };
         m.state.record_failure("down", &p, NOW);
     }
 
     /// Share of picks per member index over `PICKS` draws with a fixed seed.
-    fn shares(
-        members: &[Member<()>],
-        strategy: Strategy,
-        tags: &[&str],
-        pre_call: bool,
-    ) -> Vec<f64> {
+    fn shares(members: &[Member<()>], strategy: Strategy, tags: &[&str], pre_call: bool) -> Vec<f64> {
         let mut rng = StdRng::seed_from_u64(42);
         let mut counts = vec![0usize; members.len()];
         for _ in 0..PICKS {
             let i = select(members, strategy, tags, pre_call, NOW, &mut rng).expect("a pick");
             counts[i] += 1;
         }
-        counts
-            .into_iter()
-            .map(|c| c as f64 / PICKS as f64)
-            .collect()
+        counts.into_iter().map(|c| c as f64 / PICKS as f64).collect()
     }
 
     fn assert_near(got: &[f64], want: &[f64]) {
@@ -409,10 +350,7 @@ mod tests {
     #[test]
     fn simple_shuffle_is_uniform_and_ignores_weight() {
         let ms = weighted(&[1, 5, 10, 100]);
-        assert_near(
-            &shares(&ms, Strategy::SimpleShuffle, &[], false),
-            &[0.25; 4],
-        );
+        assert_near(&shares(&ms, Strategy::SimpleShuffle, &[], false), &[0.25; 4]);
     }
 
     #[test]
@@ -420,10 +358,7 @@ mod tests {
         let ms = weighted(&[1, 3]);
         assert_near(&shares(&ms, Strategy::Weighted, &[], false), &[0.25, 0.75]);
         let ms = weighted(&[2, 0, 6]);
-        assert_near(
-            &shares(&ms, Strategy::Weighted, &[], false),
-            &[0.25, 0.0, 0.75],
-        );
+        assert_near(&shares(&ms, Strategy::Weighted, &[], false), &[0.25, 0.0, 0.75]);
     }
 
     #[test]
@@ -455,17 +390,11 @@ mod tests {
         for (m, p) in ms.iter_mut().zip([1, 0, 0, 2]) {
             m.meta.priority = p;
         }
-        assert_near(
-            &shares(&ms, Strategy::PriorityBased, &[], false),
-            &[0.0, 0.25, 0.75, 0.0],
-        );
+        assert_near(&shares(&ms, Strategy::PriorityBased, &[], false), &[0.0, 0.25, 0.75, 0.0]);
         // The bucket empties when its members cool down: next bucket takes over.
         cool_down(&ms[1]);
         cool_down(&ms[2]);
-        assert_near(
-            &shares(&ms, Strategy::PriorityBased, &[], false),
-            &[1.0, 0.0, 0.0, 0.0],
-        );
+        assert_near(&shares(&ms, Strategy::PriorityBased, &[], false), &[1.0, 0.0, 0.0, 0.0]);
     }
 
     #[test]
@@ -476,10 +405,7 @@ mod tests {
             .flat_map(|(i, n)| (0..n).map(move |_| i))
             .map(|i| ms[i].state.begin_owned())
             .collect();
-        assert_near(
-            &shares(&ms, Strategy::LeastBusy, &[], false),
-            &[0.0, 0.25, 0.75, 0.0],
-        );
+        assert_near(&shares(&ms, Strategy::LeastBusy, &[], false), &[0.0, 0.25, 0.75, 0.0]);
     }
 
     #[test]
@@ -488,15 +414,9 @@ mod tests {
         ms[0].state.record_latency(Duration::from_millis(10), NOW);
         ms[1].state.record_latency(Duration::from_millis(100), NOW);
         // ms[2] has no sample: it stays in the tie set (EDGE-9).
-        assert_near(
-            &shares(&ms, Strategy::LatencyBased, &[], false),
-            &[0.5, 0.0, 0.5],
-        );
+        assert_near(&shares(&ms, Strategy::LatencyBased, &[], false), &[0.5, 0.0, 0.5]);
         ms[2].state.record_latency(Duration::from_millis(50), NOW);
-        assert_near(
-            &shares(&ms, Strategy::LatencyBased, &[], false),
-            &[1.0, 0.0, 0.0],
-        );
+        assert_near(&shares(&ms, Strategy::LatencyBased, &[], false), &[1.0, 0.0, 0.0]);
         // Samples older than 5 minutes no longer count: all unsampled → weighted over all.
         let later = NOW.saturating_add(Duration::from_secs(301));
         let mut rng = StdRng::seed_from_u64(3);
@@ -514,20 +434,11 @@ mod tests {
         ms[1].meta.unit_cost = Some(0.01);
         ms[2].meta.unit_cost = Some(0.001);
         ms[3].meta.unit_cost = Some(f64::NAN);
-        assert_near(
-            &shares(&ms, Strategy::CostBased, &[], false),
-            &[0.0, 0.0, 1.0, 0.0],
-        );
+        assert_near(&shares(&ms, Strategy::CostBased, &[], false), &[0.0, 0.0, 1.0, 0.0]);
         cool_down(&ms[2]);
-        assert_near(
-            &shares(&ms, Strategy::CostBased, &[], false),
-            &[0.0, 1.0, 0.0, 0.0],
-        );
+        assert_near(&shares(&ms, Strategy::CostBased, &[], false), &[0.0, 1.0, 0.0, 0.0]);
         cool_down(&ms[1]);
-        assert_near(
-            &shares(&ms, Strategy::CostBased, &[], false),
-            &[0.5, 0.0, 0.0, 0.5],
-        );
+        assert_near(&shares(&ms, Strategy::CostBased, &[], false), &[0.5, 0.0, 0.0, 0.5]);
     }
 
     #[test]
@@ -540,10 +451,7 @@ mod tests {
         ms[2].meta.rpm_limit = Some(100);
         ms[2].meta.tpm_limit = Some(100);
         ms[2].state.add_usage(1, 90, NOW); // max(0.01, 0.9)
-        assert_near(
-            &shares(&ms, Strategy::UsageBased, &[], false),
-            &[0.0, 1.0, 0.0],
-        );
+        assert_near(&shares(&ms, Strategy::UsageBased, &[], false), &[0.0, 1.0, 0.0]);
         assert!((utilization(&ms[2].meta, &ms[2].state, NOW) - 0.9).abs() < 1e-12);
         // Counters are per UTC minute: the next minute starts empty.
         let next = NOW.saturating_add(Duration::from_secs(60));
@@ -558,17 +466,11 @@ mod tests {
         }
         ms[0].state.add_usage(95, 0, NOW); // 0.95: avoided
         ms[1].state.add_usage(50, 0, NOW); // 0.5
-        assert_near(
-            &shares(&ms, Strategy::RateLimitAware, &[], false),
-            &[0.0, 0.25, 0.75],
-        );
+        assert_near(&shares(&ms, Strategy::RateLimitAware, &[], false), &[0.0, 0.25, 0.75]);
         // Everyone hot: weighted over all.
         ms[1].state.add_usage(40, 0, NOW);
         ms[2].state.add_usage(99, 0, NOW);
-        assert_near(
-            &shares(&ms, Strategy::RateLimitAware, &[], false),
-            &[10.0 / 14.0, 1.0 / 14.0, 3.0 / 14.0],
-        );
+        assert_near(&shares(&ms, Strategy::RateLimitAware, &[], false), &[10.0 / 14.0, 1.0 / 14.0, 3.0 / 14.0]);
     }
 
     #[test]
@@ -576,21 +478,12 @@ mod tests {
         let mut ms = weighted(&[1, 1]);
         ms[0].meta.rpm_limit = Some(3);
         ms[0].state.add_usage(3, 0, NOW); // utilization 1.0
-        assert_near(
-            &shares(&ms, Strategy::SimpleShuffle, &[], false),
-            &[0.5, 0.5],
-        );
-        assert_near(
-            &shares(&ms, Strategy::SimpleShuffle, &[], true),
-            &[0.0, 1.0],
-        );
+        assert_near(&shares(&ms, Strategy::SimpleShuffle, &[], false), &[0.5, 0.5]);
+        assert_near(&shares(&ms, Strategy::SimpleShuffle, &[], true), &[0.0, 1.0]);
         ms[1].meta.tpm_limit = Some(10);
         ms[1].state.add_usage(0, 11, NOW);
         let mut rng = StdRng::seed_from_u64(1);
-        assert_eq!(
-            select(&ms, Strategy::SimpleShuffle, &[], true, NOW, &mut rng),
-            None
-        );
+        assert_eq!(select(&ms, Strategy::SimpleShuffle, &[], true, NOW, &mut rng), None);
     }
 
     #[test]
@@ -603,18 +496,11 @@ mod tests {
         assert_near(&s(&[""]), &[1.0 / 3.0; 3]); // empty strings are no tags
         // Exact match only.
         let mut rng = StdRng::seed_from_u64(1);
-        assert_eq!(
-            select(&ms, Strategy::Weighted, &["EU"], false, NOW, &mut rng),
-            None
-        );
-        assert_eq!(
-            select(&ms, Strategy::Weighted, &["us"], false, NOW, &mut rng),
-            None
-        );
+        assert_eq!(select(&ms, Strategy::Weighted, &["EU"], false, NOW, &mut rng), None);
+        assert_eq!(select(&ms, Strategy::Weighted, &["us"], false, NOW, &mut rng), None);
         // The filter applies to every strategy, not only tag-based-routing.
-        let picks: Vec<_> = (0..50)
-            .map(|_| select(&ms, Strategy::SimpleShuffle, &["gpu"], false, NOW, &mut rng))
-            .collect();
+        let picks: Vec<_> =
+            (0..50).map(|_| select(&ms, Strategy::SimpleShuffle, &["gpu"], false, NOW, &mut rng)).collect();
         assert!(picks.iter().all(|p| *p == Some(0)));
     }
 
@@ -622,9 +508,7 @@ mod tests {
     fn unavailable_members_are_never_picked() {
         let ms = weighted(&[100, 1, 1]);
         cool_down(&ms[0]);
-        ms[1]
-            .state
-            .mark_probe(false, Some("probe failed"), &CooldownPolicy::default(), NOW);
+        ms[1].state.mark_probe(false, Some("probe failed"), &CooldownPolicy::default(), NOW);
         for st in Strategy::ALL {
             assert_near(&shares(&ms, st, &[], false), &[0.0, 0.0, 1.0]);
         }
@@ -635,9 +519,8 @@ mod tests {
         }
         // Cooldown expiry makes both cooled members selectable again; the probe-failed one stays out.
         let later = NOW.saturating_add(Duration::from_secs(60));
-        let picks: Vec<_> = (0..200)
-            .filter_map(|_| select(&ms, Strategy::Weighted, &[], false, later, &mut rng))
-            .collect();
+        let picks: Vec<_> =
+            (0..200).filter_map(|_| select(&ms, Strategy::Weighted, &[], false, later, &mut rng)).collect();
         assert_eq!(picks.len(), 200);
         assert!(picks.contains(&0) && picks.contains(&2) && !picks.contains(&1));
     }
@@ -646,23 +529,14 @@ mod tests {
     fn lone_deployment_cools_down_too() {
         let ms = vec![member("only")];
         let mut rng = StdRng::seed_from_u64(5);
-        assert_eq!(
-            select(&ms, Strategy::SimpleShuffle, &[], false, NOW, &mut rng),
-            Some(0)
-        );
+        assert_eq!(select(&ms, Strategy::SimpleShuffle, &[], false, NOW, &mut rng), Some(0));
         let p = CooldownPolicy::default();
         for _ in 0..3 {
             ms[0].state.record_failure("503", &p, NOW);
         }
-        assert_eq!(
-            select(&ms, Strategy::SimpleShuffle, &[], false, NOW, &mut rng),
-            None
-        );
+        assert_eq!(select(&ms, Strategy::SimpleShuffle, &[], false, NOW, &mut rng), None);
         let later = NOW.saturating_add(p.cooldown);
-        assert_eq!(
-            select(&ms, Strategy::SimpleShuffle, &[], false, later, &mut rng),
-            Some(0)
-        );
+        assert_eq!(select(&ms, Strategy::SimpleShuffle, &[], false, later, &mut rng), Some(0));
     }
 
     #[test]
@@ -677,10 +551,7 @@ mod tests {
     #[test]
     fn selection_under_concurrent_updates() {
         let ms: Arc<Vec<Member<()>>> = Arc::new(weighted(&[1, 2, 3, 4]));
-        let p = CooldownPolicy {
-            allowed_fails: 1,
-            cooldown: Duration::from_millis(2),
-        };
+        let p = CooldownPolicy { allowed_fails: 1, cooldown: Duration::from_millis(2) };
         let workers: Vec<_> = (0..4u64)
             .map(|t| {
                 let ms = Arc::clone(&ms);
@@ -692,8 +563,7 @@ mod tests {
                         if i % 7 == 0 && t == 0 {
                             m.state.record_failure("x", &p, now);
                         } else {
-                            m.state
-                                .record_success(Duration::from_millis(i % 30), 10, now);
+                            m.state.record_success(Duration::from_millis(i % 30), 10, now);
                         }
                     }
                 })
@@ -740,13 +610,7 @@ mod tests {
         let meta = RouteMeta::from_deployment(&d, Some(0.5));
         assert_eq!(&*meta.deployment_id, "dep-1");
         assert_eq!((meta.weight, meta.priority), (4, 2));
-        assert_eq!(
-            meta.tags.iter().map(|t| &**t).collect::<Vec<_>>(),
-            ["eu", "fast"]
-        );
-        assert_eq!(
-            (meta.rpm_limit, meta.tpm_limit, meta.unit_cost),
-            (Some(60), Some(500), Some(0.5))
-        );
+        assert_eq!(meta.tags.iter().map(|t| &**t).collect::<Vec<_>>(), ["eu", "fast"]);
+        assert_eq!((meta.rpm_limit, meta.tpm_limit, meta.unit_cost), (Some(60), Some(500), Some(0.5)));
     }
 }

@@ -46,10 +46,7 @@ pub struct CooldownPolicy {
 
 impl Default for CooldownPolicy {
     fn default() -> Self {
-        Self {
-            allowed_fails: 2,
-            cooldown: Duration::from_secs(60),
-        }
+        Self { allowed_fails: 2, cooldown: Duration::from_secs(60) }
     }
 }
 
@@ -59,8 +56,7 @@ impl CooldownPolicy {
     pub fn from_settings(settings: &RouterSettings) -> Self {
         Self {
             allowed_fails: settings.allowed_fails,
-            cooldown: Duration::try_from_secs_f64(settings.cooldown_time)
-                .unwrap_or(Duration::from_secs(60)),
+            cooldown: Duration::try_from_secs_f64(settings.cooldown_time).unwrap_or(Duration::from_secs(60)),
         }
     }
 }
@@ -135,9 +131,7 @@ impl DeploymentState {
     /// live in a `'static` stream body.
     pub fn begin_owned(self: &Arc<Self>) -> OwnedInFlightGuard {
         self.in_flight.fetch_add(1, Relaxed);
-        OwnedInFlightGuard {
-            state: Arc::clone(self),
-        }
+        OwnedInFlightGuard { state: Arc::clone(self) }
     }
 
     /// Requests currently in flight.
@@ -267,10 +261,7 @@ impl DeploymentState {
     #[inline]
     pub fn usage(&self, now: UnixMs) -> (u64, u64) {
         let minute = now.minute();
-        (
-            read_minute_counter(&self.requests, minute),
-            read_minute_counter(&self.tokens, minute),
-        )
+        (read_minute_counter(&self.requests, minute), read_minute_counter(&self.tokens, minute))
     }
 
     /// Serializable view for admin/health endpoints.
@@ -372,10 +363,7 @@ fn pack_f32s(hi: f32, lo: f32) -> u64 {
 fn unpack_f32s(v: u64) -> (f32, f32) {
     // Both halves are masked/shifted to 32 bits, so the casts are lossless.
     #[allow(clippy::cast_possible_truncation)]
-    (
-        f32::from_bits((v >> 32) as u32),
-        f32::from_bits((v & LOW32) as u32),
-    )
+    (f32::from_bits((v >> 32) as u32), f32::from_bits((v & LOW32) as u32))
 }
 
 /// Add `n` to a `minute << 32 | count` cell, restarting the count when the
@@ -386,11 +374,7 @@ fn bump_minute_counter(cell: &AtomicU64, minute: u64, n: u64) {
     let minute = minute & LOW32;
     let _ = cell.fetch_update(Relaxed, Relaxed, |cur| {
         let (m, c) = (cur >> 32, cur & LOW32);
-        let next = if minute <= m {
-            (m, c.saturating_add(n).min(LOW32))
-        } else {
-            (minute, n.min(LOW32))
-        };
+        let next = if minute <= m { (m, c.saturating_add(n).min(LOW32)) } else { (minute, n.min(LOW32)) };
         Some((next.0 << 32) | next.1)
     });
 }
@@ -398,11 +382,7 @@ fn bump_minute_counter(cell: &AtomicU64, minute: u64, n: u64) {
 #[inline]
 fn read_minute_counter(cell: &AtomicU64, minute: u64) -> u64 {
     let cur = cell.load(Relaxed);
-    if cur >> 32 >= minute & LOW32 {
-        cur & LOW32
-    } else {
-        0
-    }
+    if cur >> 32 >= minute & LOW32 { cur & LOW32 } else { 0 }
 }
 
 #[cfg(test)]
@@ -435,10 +415,7 @@ mod tests {
     #[test]
     fn allowed_fails_zero_cools_on_first_failure() {
         let s = DeploymentState::new();
-        let p = CooldownPolicy {
-            allowed_fails: 0,
-            cooldown: Duration::from_secs(5),
-        };
+        let p = CooldownPolicy { allowed_fails: 0, cooldown: Duration::from_secs(5) };
         assert!(s.record_failure("x", &p, T0));
         assert!(!s.is_available(T0));
         assert!(s.is_available(T0.saturating_add(Duration::from_secs(5))));
@@ -524,10 +501,7 @@ mod tests {
         let long: String = "é".repeat(500);
         s.record_failure(&long, &policy(), T0);
         let snap = s.snapshot(T0);
-        assert_eq!(
-            snap.last_error.as_deref().map(|e| e.chars().count()),
-            Some(200)
-        );
+        assert_eq!(snap.last_error.as_deref().map(|e| e.chars().count()), Some(200));
     }
 
     #[test]
@@ -535,13 +509,8 @@ mod tests {
         let s = DeploymentState::new();
         let _g = s.begin();
         s.record_success(Duration::from_millis(120), 10, T0);
-        s.record_failure(
-            "upstream 503",
-            &policy(),
-            T0.saturating_add(Duration::from_secs(1)),
-        );
-        let v =
-            serde_json::to_value(s.snapshot(T0.saturating_add(Duration::from_secs(1)))).unwrap();
+        s.record_failure("upstream 503", &policy(), T0.saturating_add(Duration::from_secs(1)));
+        let v = serde_json::to_value(s.snapshot(T0.saturating_add(Duration::from_secs(1)))).unwrap();
         assert_eq!(v["healthy"], true);
         assert_eq!(v["in_cooldown"], false);
         assert_eq!(v["cooldown_until"], serde_json::Value::Null);
@@ -603,10 +572,7 @@ mod tests {
     #[test]
     fn concurrent_hammering_is_consistent() {
         let s = Arc::new(DeploymentState::new());
-        let p = CooldownPolicy {
-            allowed_fails: 2,
-            cooldown: Duration::from_millis(1),
-        };
+        let p = CooldownPolicy { allowed_fails: 2, cooldown: Duration::from_millis(1) };
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let s = Arc::clone(&s);

@@ -82,9 +82,7 @@ impl FromStr for Strategy {
         Strategy::ALL
             .into_iter()
             .find(|st| st.as_str() == name)
-            .ok_or_else(|| Error::UnknownStrategy {
-                name: name.to_owned(),
-            })
+            .ok_or_else(|| Error::UnknownStrategy { name: name.to_owned() })
     }
 }
 
@@ -120,23 +118,14 @@ mod tests {
         let err = "round-robin".parse::<Strategy>().unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("'round-robin'"), "{msg}");
-        assert!(
-            msg.contains("simple-shuffle") && msg.contains("tag-based-routing"),
-            "{msg}"
-        );
+        assert!(msg.contains("simple-shuffle") && msg.contains("tag-based-routing"), "{msg}");
     }
 
     #[test]
     fn lenient_default() {
         assert_eq!(parse_strategy_or_default(None), Strategy::SimpleShuffle);
         assert_eq!(parse_strategy_or_default(Some("")), Strategy::SimpleShuffle);
-        assert_eq!(
-            parse_strategy_or_default(Some("nope")),
-            Strategy::SimpleShuffle
-        );
-        assert_eq!(
-            parse_strategy_or_default(Some("least-busy")),
-            Strategy::LeastBusy
-        );
+        assert_eq!(parse_strategy_or_default(Some("nope")), Strategy::SimpleShuffle);
+        assert_eq!(parse_strategy_or_default(Some("least-busy")), Strategy::LeastBusy);
     }
 }

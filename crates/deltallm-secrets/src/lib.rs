@@ -29,9 +29,7 @@ pub enum Error {
         key_id: String,
     },
     /// Authentication failed or the blob is malformed.
-    #[error(
-        "secret sealed with key id '{key_id}' could not be decrypted (wrong key or corrupted data)"
-    )]
+    #[error("secret sealed with key id '{key_id}' could not be decrypted (wrong key or corrupted data)")]
     Corrupt {
         /// Key id stored beside the ciphertext.
         key_id: String,
@@ -50,9 +48,7 @@ pub struct Key {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("Key").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -65,17 +61,12 @@ impl Key {
         let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), salt_key.as_bytes());
         let mut okm = [0u8; 32];
         let mut id = [0u8; 6];
-        hk.expand(b"encryption-key", &mut okm)
-            .map_err(|e| Error::BadKey(e.to_string()))?;
+        hk.expand(b"encryption-key", &mut okm).map_err(|e| Error::BadKey(e.to_string()))?;
         // The id is a separate HKDF output: it names the key without revealing it.
-        hk.expand(b"key-id", &mut id)
-            .map_err(|e| Error::BadKey(e.to_string()))?;
+        hk.expand(b"key-id", &mut id).map_err(|e| Error::BadKey(e.to_string()))?;
         let cipher = ChaCha20Poly1305::new(&okm.into());
         okm.fill(0);
-        Ok(Self {
-            id: format!("k{}", hex::encode(id)),
-            cipher,
-        })
+        Ok(Self { id: format!("k{}", hex::encode(id)), cipher })
     }
 
     /// Public key id stored beside every ciphertext.
@@ -103,10 +94,7 @@ pub struct KeyRing {
 impl KeyRing {
     /// A ring with one key.
     pub fn new(current: Key) -> Self {
-        Self {
-            current,
-            previous: Vec::new(),
-        }
+        Self { current, previous: Vec::new() }
     }
 
     /// A ring that seals with `current` and can still open `previous` keys.
@@ -125,51 +113,30 @@ impl KeyRing {
     }
 
     fn find(&self, key_id: &str) -> Option<&Key> {
-        std::iter::once(&self.current)
-            .chain(&self.previous)
-            .find(|k| k.id == key_id)
+        std::iter::once(&self.current).chain(&self.previous).find(|k| k.id == key_id)
     }
 
     /// Seal bytes, binding `aad` (the record identity).
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Sealed {
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
         // Encryption with a valid key and in-memory buffers cannot fail.
-        let ct = self
-            .current
-            .cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .unwrap_or_default();
+        let ct = self.current.cipher.encrypt(&nonce, Payload { msg: plaintext, aad }).unwrap_or_default();
         let mut blob = Vec::with_capacity(NONCE_LEN + ct.len());
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&ct);
-        Sealed {
-            key_id: self.current.id.clone(),
-            ciphertext: B64.encode(blob),
-        }
+        Sealed { key_id: self.current.id.clone(), ciphertext: B64.encode(blob) }
     }
 
     /// Open a ciphertext sealed under any key of this ring.
     pub fn open(&self, key_id: &str, ciphertext: &str, aad: &[u8]) -> Result<Vec<u8>, Error> {
-        let key = self.find(key_id).ok_or_else(|| Error::UnknownKey {
-            key_id: key_id.to_owned(),
-        })?;
-        let corrupt = || Error::Corrupt {
-            key_id: key_id.to_owned(),
-        };
+        let key = self.find(key_id).ok_or_else(|| Error::UnknownKey { key_id: key_id.to_owned() })?;
+        let corrupt = || Error::Corrupt { key_id: key_id.to_owned() };
         let blob = B64.decode(ciphertext).map_err(|_| corrupt())?;
         if blob.len() < NONCE_LEN {
             return Err(corrupt());
         }
         let (nonce, ct) = blob.split_at(NONCE_LEN);
-        key.cipher
-            .decrypt(nonce.into(), Payload { msg: ct, aad })
-            .map_err(|_| corrupt())
+        key.cipher.decrypt(nonce.into(), Payload { msg: ct, aad }).map_err(|_| corrupt())
     }
 
     /// Seal a JSON object of secret fields.
@@ -178,18 +145,11 @@ impl KeyRing {
     }
 
     /// Open a sealed JSON object.
-    pub fn open_map(
-        &self,
-        key_id: &str,
-        ciphertext: &str,
-        aad: &[u8],
-    ) -> Result<Map<String, Value>, Error> {
+    pub fn open_map(&self, key_id: &str, ciphertext: &str, aad: &[u8]) -> Result<Map<String, Value>, Error> {
         let bytes = self.open(key_id, ciphertext, aad)?;
         match serde_json::from_slice(&bytes) {
             Ok(Value::Object(m)) => Ok(m),
-            _ => Err(Error::Corrupt {
-                key_id: key_id.to_owned(),
-            }),
+            _ => Err(Error::Corrupt { key_id: key_id.to_owned() }),
         }
     }
 }
@@ -217,15 +177,8 @@ mod tests {
         let ring = KeyRing::new(Key::derive("salt-one").unwrap());
         let s = ring.seal(b"sk-canary", b"deployments/a");
         assert!(!s.ciphertext.contains("canary"));
-        assert_eq!(
-            ring.open(&s.key_id, &s.ciphertext, b"deployments/a")
-                .unwrap(),
-            b"sk-canary"
-        );
-        assert!(matches!(
-            ring.open(&s.key_id, &s.ciphertext, b"deployments/b"),
-            Err(Error::Corrupt { .. })
-        ));
+        assert_eq!(ring.open(&s.key_id, &s.ciphertext, b"deployments/a").unwrap(), b"sk-canary");
+        assert!(matches!(ring.open(&s.key_id, &s.ciphertext, b"deployments/b"), Err(Error::Corrupt { .. })));
     }
 
     #[test]
@@ -242,16 +195,10 @@ mod tests {
         let new = Key::derive("new").unwrap();
         let sealed = KeyRing::new(old.clone()).seal(b"x", b"r");
         let ring = KeyRing::with_previous(new.clone(), vec![old]);
-        assert_eq!(
-            ring.open(&sealed.key_id, &sealed.ciphertext, b"r").unwrap(),
-            b"x"
-        );
+        assert_eq!(ring.open(&sealed.key_id, &sealed.ciphertext, b"r").unwrap(), b"x");
         assert_eq!(ring.seal(b"x", b"r").key_id, new.id());
         let only_new = KeyRing::new(new);
-        assert!(matches!(
-            only_new.open(&sealed.key_id, &sealed.ciphertext, b"r"),
-            Err(Error::UnknownKey { .. })
-        ));
+        assert!(matches!(only_new.open(&sealed.key_id, &sealed.ciphertext, b"r"), Err(Error::UnknownKey { .. })));
     }
 
     #[test]

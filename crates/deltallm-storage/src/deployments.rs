@@ -4,10 +4,7 @@ use chrono::Utc;
 use deltallm_domain::deployment::Deployment;
 use deltallm_domain::params::split_secrets;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::Value;
 
 use crate::entity::deployment as row;
@@ -34,10 +31,9 @@ pub(crate) fn aad(id: &str) -> Vec<u8> {
 }
 
 impl Store {
-    fn deployment_to_row(&self, d: &Deployment) -> row::ActiveModel {
+    pub(crate) fn deployment_to_row(&self, d: &Deployment) -> row::ActiveModel {
         let (public, secret) = split_secrets(&d.deltallm_params);
-        let sealed =
-            (!secret.is_empty()).then(|| self.keys.seal_map(&secret, &aad(&d.deployment_id)));
+        let sealed = (!secret.is_empty()).then(|| self.keys.seal_map(&secret, &aad(&d.deployment_id)));
         row::ActiveModel {
             deployment_id: Set(d.deployment_id.clone()),
             model_name: Set(d.model_name.clone()),
@@ -76,9 +72,7 @@ impl Store {
             .order_by_asc(row::Column::CreatedAt)
             .all(&self.db)
             .await?;
-        rows.into_iter()
-            .map(|r| self.row_to_deployment(r))
-            .collect()
+        rows.into_iter().map(|r| self.row_to_deployment(r)).collect()
     }
 
     /// How many deployments are stored.
@@ -90,11 +84,7 @@ impl Store {
     pub async fn query_deployments(&self, q: &DeploymentQuery) -> Result<(Vec<Deployment>, u64)> {
         let mut select = row::Entity::find();
         if let Some(search) = q.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-            let escaped = search
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
+            let escaped = search.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
             let pattern = || LikeExpr::new(format!("%{escaped}%")).escape('\\');
             let lower = |c: row::Column| Expr::expr(Func::lower(Expr::col(c)));
             select = select.filter(
@@ -119,10 +109,7 @@ impl Store {
             .offset(q.offset)
             .all(&self.db)
             .await?;
-        let page = rows
-            .into_iter()
-            .map(|r| self.row_to_deployment(r))
-            .collect::<Result<_>>()?;
+        let page = rows.into_iter().map(|r| self.row_to_deployment(r)).collect::<Result<_>>()?;
         Ok((page, total))
     }
 
@@ -141,9 +128,7 @@ impl Store {
             .order_by_asc(row::Column::CreatedAt)
             .all(&self.db)
             .await?;
-        rows.into_iter()
-            .map(|r| self.row_to_deployment(r))
-            .collect()
+        rows.into_iter().map(|r| self.row_to_deployment(r)).collect()
     }
 
     /// Deployments linked to a named credential.
@@ -153,22 +138,16 @@ impl Store {
             .order_by_asc(row::Column::ModelName)
             .all(&self.db)
             .await?;
-        rows.into_iter()
-            .map(|r| self.row_to_deployment(r))
-            .collect()
+        rows.into_iter().map(|r| self.row_to_deployment(r)).collect()
     }
 
     /// Insert a new deployment; a taken id is a conflict (DEP-2).
     pub async fn insert_deployment(&self, d: &Deployment) -> Result<()> {
-        match row::Entity::insert(self.deployment_to_row(d))
-            .exec(&self.db)
-            .await
-        {
+        match row::Entity::insert(self.deployment_to_row(d)).exec(&self.db).await {
             Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(Error::Conflict(format!(
-                "Deployment '{}' already exists",
-                d.deployment_id
-            ))),
+            Err(e) if is_unique_violation(&e) => {
+                Err(Error::Conflict(format!("Deployment '{}' already exists", d.deployment_id)))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -177,11 +156,7 @@ impl Store {
     pub async fn insert_missing_deployments(&self, list: &[Deployment]) -> Result<usize> {
         let mut inserted = 0;
         for d in list {
-            if row::Entity::find_by_id(d.deployment_id.clone())
-                .one(&self.db)
-                .await?
-                .is_none()
-            {
+            if row::Entity::find_by_id(d.deployment_id.clone()).one(&self.db).await?.is_none() {
                 self.insert_deployment(d).await?;
                 inserted += 1;
             }
@@ -196,18 +171,14 @@ impl Store {
         let res = row::Entity::update(am).exec(&self.db).await;
         match res {
             Ok(_) => Ok(()),
-            Err(sea_orm::DbErr::RecordNotUpdated) => {
-                Err(Error::NotFound("Deployment not found".into()))
-            }
+            Err(sea_orm::DbErr::RecordNotUpdated) => Err(Error::NotFound("Deployment not found".into())),
             Err(e) => Err(e.into()),
         }
     }
 
     /// Delete; false when it did not exist.
     pub async fn delete_deployment(&self, id: &str) -> Result<bool> {
-        let res = row::Entity::delete_by_id(id.to_owned())
-            .exec(&self.db)
-            .await?;
+        let res = row::Entity::delete_by_id(id.to_owned()).exec(&self.db).await?;
         Ok(res.rows_affected > 0)
     }
 }

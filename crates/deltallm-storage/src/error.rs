@@ -24,24 +24,23 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Parse a stored JSON object column.
-pub(crate) fn parse_object(
-    id: &str,
-    text: &str,
-) -> Result<serde_json::Map<String, serde_json::Value>> {
+pub(crate) fn parse_object(id: &str, text: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
     match serde_json::from_str(text) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Error::Corrupt(
-            id.to_owned(),
-            "expected a JSON object".into(),
-        )),
+        Ok(_) => Err(Error::Corrupt(id.to_owned(), "expected a JSON object".into())),
         Err(e) => Err(Error::Corrupt(id.to_owned(), e.to_string())),
     }
 }
 
 /// Is this database error a unique-constraint violation?
 pub(crate) fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// Is this database error a foreign-key violation?
+pub(crate) fn is_fk_violation(err: &sea_orm::DbErr) -> bool {
     matches!(
         err.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+        Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_))
     )
 }

@@ -39,9 +39,6 @@ impl Store {
                 *counts.entry(key_id).or_default() += 1;
             }
         }
-        Ok(counts
-            .into_iter()
-            .map(|(key_id, records)| UnreadableSecrets { key_id, records })
-            .collect())
+        Ok(counts.into_iter().map(|(key_id, records)| UnreadableSecrets { key_id, records }).collect())
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use deltallm_secrets::KeyRing;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
+pub use credentials::{LinkedDeployment, Reencrypted};
 pub use deployments::DeploymentQuery;
 pub use error::{Error, Result};
 pub use keys::UnreadableSecrets;
@@ -36,29 +37,19 @@ impl Store {
     pub async fn connect(url: &str, keys: KeyRing) -> Result<Self> {
         let mut opts = ConnectOptions::new(url.to_owned());
         // SQL statement logging would be noise at info level and could echo values.
-        opts.sqlx_logging(false)
-            .max_connections(if url.starts_with("sqlite") { 4 } else { 16 });
+        opts.sqlx_logging(false).max_connections(if url.starts_with("sqlite") { 4 } else { 16 });
         let db = Database::connect(opts).await?;
         if url.starts_with("sqlite") {
             use sea_orm::ConnectionTrait;
             // WAL lets readers proceed while the spend writer commits; FKs are off by default in SQLite.
-            db.execute_unprepared(
-                "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
-            )
-            .await?;
+            db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;").await?;
         }
-        Ok(Self {
-            db,
-            keys: Arc::new(keys),
-        })
+        Ok(Self { db, keys: Arc::new(keys) })
     }
 
     /// Wrap an existing connection (tests, embedders).
     pub fn from_connection(db: DatabaseConnection, keys: KeyRing) -> Self {
-        Self {
-            db,
-            keys: Arc::new(keys),
-        }
+        Self { db, keys: Arc::new(keys) }
     }
 
     /// The raw connection (migrations, health checks).

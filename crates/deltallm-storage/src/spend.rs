@@ -2,10 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Expr, Func};
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    QuerySelect,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
 
 use crate::entity::spend_log as row;
@@ -157,14 +154,8 @@ impl Store {
         };
         let mut q = row::Entity::find().select_only().column_as(col, "key");
         q = q
-            .column_as(
-                Expr::from(Func::count(Expr::col(row::Column::Id))),
-                "requests",
-            )
-            .column_as(
-                Expr::from(Func::sum(Expr::col(row::Column::Spend))),
-                "spend",
-            )
+            .column_as(Expr::from(Func::count(Expr::col(row::Column::Id))), "requests")
+            .column_as(Expr::from(Func::sum(Expr::col(row::Column::Spend))), "spend")
             .column_as(int_sum(row::Column::PromptTokens), "prompt_tokens")
             .column_as(int_sum(row::Column::CompletionTokens), "completion_tokens")
             .column_as(int_sum(row::Column::TotalTokens), "total_tokens");
@@ -174,21 +165,12 @@ impl Store {
         if let Some(to) = to {
             q = q.filter(row::Column::StartTime.lt(to));
         }
-        let rows = q
-            .group_by(col)
-            .order_by_asc(col)
-            .into_model::<SpendSummaryRow>()
-            .all(&self.db)
-            .await?;
+        let rows = q.group_by(col).order_by_asc(col).into_model::<SpendSummaryRow>().all(&self.db).await?;
         Ok(rows)
     }
 
     /// Recent spend records, newest first (tests and the admin view).
     pub async fn recent_spend(&self, limit: u64) -> Result<Vec<row::Model>> {
-        Ok(row::Entity::find()
-            .order_by_desc(row::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await?)
+        Ok(row::Entity::find().order_by_desc(row::Column::Id).limit(limit).all(&self.db).await?)
     }
 }

@@ -5,8 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deltallm_domain::credential::NamedCredential;
 use deltallm_domain::deployment::{
-    self, Deployment, DeploymentInput, DeploymentPatch, LinkedCredential, WriteRules,
-    access_group_warning,
+    self, Deployment, DeploymentInput, DeploymentPatch, LinkedCredential, WriteRules, access_group_warning,
 };
 use deltallm_domain::params::str_field;
 use deltallm_domain::{ApiErrorKind, auth_header, provider, redaction};
@@ -137,10 +136,8 @@ fn summary(provider_key: &str, params: &Map<String, Value>) -> ConnectionSummary
         custom_auth_label: None,
     };
     if provider::allows_custom_auth(provider_key) {
-        let (name, format) = auth_header::effective(
-            str_field(params, "auth_header_name"),
-            str_field(params, "auth_header_format"),
-        );
+        let (name, format) =
+            auth_header::effective(str_field(params, "auth_header_name"), str_field(params, "auth_header_format"));
         if let Some(label) = auth_header::custom_label(name, format) {
             s.auth_header_name = Some(name.to_owned());
             s.custom_auth_label = Some(label);
@@ -149,21 +146,13 @@ fn summary(provider_key: &str, params: &Map<String, Value>) -> ConnectionSummary
     s
 }
 
-fn entry(
-    record: &Deployment,
-    shown_params: &Map<String, Value>,
-    credential_name: Option<String>,
-) -> ModelEntry {
+fn entry(record: &Deployment, shown_params: &Map<String, Value>, credential_name: Option<String>) -> ModelEntry {
     let provider_key = record.provider();
     ModelEntry {
         deployment_id: record.deployment_id.clone(),
         model_name: record.model_name.clone(),
         mode: record.mode().as_str(),
-        credential_source: if record.named_credential_id.is_some() {
-            "named"
-        } else {
-            "inline"
-        },
+        credential_source: if record.named_credential_id.is_some() { "named" } else { "inline" },
         inline_credentials_present: record.inline_credentials_present(),
         connection_summary: summary(&provider_key, shown_params),
         provider: provider_key,
@@ -180,11 +169,7 @@ fn entry(
 }
 
 fn live_entry(resolved: &ResolvedDeployment, now: UnixMs, detail: bool) -> ModelEntry {
-    let mut e = entry(
-        &resolved.record,
-        &resolved.effective_params,
-        resolved.credential_name.clone(),
-    );
+    let mut e = entry(&resolved.record, &resolved.effective_params, resolved.credential_name.clone());
     let snap = resolved.state.snapshot(now);
     e.healthy = Some(resolved.connection.is_some() && snap.healthy);
     e.routing_error = resolved.connection_error.clone();
@@ -209,30 +194,18 @@ impl Gateway {
         let now = UnixMs::now();
         let data = rows
             .into_iter()
-            .map(
-                |record| match registry.deployments.get(record.deployment_id.as_str()) {
-                    // The registry holds the effective (credential-merged) view and live health.
-                    Some(resolved) if resolved.record.updated_at == record.updated_at => {
-                        live_entry(resolved, now, false)
-                    }
-                    _ => {
-                        let mut e = entry(&record, &record.deltallm_params, None);
-                        e.healthy = Some(true);
-                        e
-                    }
-                },
-            )
+            .map(|record| match registry.deployments.get(record.deployment_id.as_str()) {
+                // The registry holds the effective (credential-merged) view and live health.
+                Some(resolved) if resolved.record.updated_at == record.updated_at => live_entry(resolved, now, false),
+                _ => {
+                    let mut e = entry(&record, &record.deltallm_params, None);
+                    e.healthy = Some(true);
+                    e
+                }
+            })
             .collect::<Vec<_>>();
         let has_more = query.offset + (data.len() as u64) < total;
-        Ok(ModelPage {
-            data,
-            pagination: Pagination {
-                total,
-                limit: query.limit,
-                offset: query.offset,
-                has_more,
-            },
-        })
+        Ok(ModelPage { data, pagination: Pagination { total, limit: query.limit, offset: query.offset, has_more } })
     }
 
     /// ADM-2 get.
@@ -241,11 +214,7 @@ impl Gateway {
         if let Some(resolved) = registry.deployments.get(id) {
             return Ok(live_entry(resolved, UnixMs::now(), true));
         }
-        let record = self
-            .store()
-            .get_deployment(id)
-            .await?
-            .ok_or_else(not_found)?;
+        let record = self.store().get_deployment(id).await?.ok_or_else(not_found)?;
         Ok(entry(&record, &record.deltallm_params, None))
     }
 
@@ -258,13 +227,9 @@ impl Gateway {
 
     async fn warnings_for(&self, model_name: &str) -> Result<Vec<String>> {
         let same = self.store().deployments_named(model_name).await?;
-        let lists: Vec<(String, Vec<String>)> = same
-            .iter()
-            .map(|d| (d.deployment_id.clone(), d.access_groups()))
-            .collect();
-        Ok(access_group_warning(model_name, &lists)
-            .into_iter()
-            .collect())
+        let lists: Vec<(String, Vec<String>)> =
+            same.iter().map(|d| (d.deployment_id.clone(), d.access_groups())).collect();
+        Ok(access_group_warning(model_name, &lists).into_iter().collect())
     }
 
     async fn finish_write(&self, record: &Deployment) -> Result<ModelWrite> {
@@ -277,10 +242,7 @@ impl Gateway {
             Some(id) => self.store().get_credential(id).await?.map(|c| c.name),
             None => None,
         };
-        Ok(ModelWrite {
-            entry: entry(record, &record.deltallm_params, credential_name),
-            warnings,
-        })
+        Ok(ModelWrite { entry: entry(record, &record.deltallm_params, credential_name), warnings })
     }
 
     /// ADM-4 create.
@@ -290,18 +252,15 @@ impl Gateway {
         let credential = self.linked_credential(&input).await?;
         let valid = deployment::validate(
             input,
-            credential.as_ref().map(|c| LinkedCredential {
-                provider: &c.provider,
-                connection_config: &c.connection_config,
-            }),
+            credential
+                .as_ref()
+                .map(|c| LinkedCredential { provider: &c.provider, connection_config: &c.connection_config }),
             WriteRules::ADMIN,
         )?;
         let input = valid.input;
         let now = Utc::now();
         let record = Deployment {
-            deployment_id: input
-                .deployment_id
-                .unwrap_or_else(|| deployment::generate_id(&input.model_name)),
+            deployment_id: input.deployment_id.unwrap_or_else(|| deployment::generate_id(&input.model_name)),
             model_name: input.model_name,
             named_credential_id: input.named_credential_id,
             deltallm_params: input.deltallm_params,
@@ -318,19 +277,14 @@ impl Gateway {
     pub async fn update_model(&self, id: &str, body: &Value) -> Result<ModelWrite> {
         let patch = DeploymentPatch::from_json(body)?;
         let _guard = self.inner.write_lock.lock().await;
-        let stored = self
-            .store()
-            .get_deployment(id)
-            .await?
-            .ok_or_else(not_found)?;
+        let stored = self.store().get_deployment(id).await?.ok_or_else(not_found)?;
         let input = patch.apply(&stored);
         let credential = self.linked_credential(&input).await?;
         let valid = deployment::validate(
             input,
-            credential.as_ref().map(|c| LinkedCredential {
-                provider: &c.provider,
-                connection_config: &c.connection_config,
-            }),
+            credential
+                .as_ref()
+                .map(|c| LinkedCredential { provider: &c.provider, connection_config: &c.connection_config }),
             WriteRules::ADMIN,
         )?;
         let input = valid.input;
@@ -347,8 +301,7 @@ impl Gateway {
         tracing::info!(deployment_id = %record.deployment_id, "deployment updated");
         let mut out = self.finish_write(&record).await?;
         if stored.model_name != record.model_name {
-            out.warnings
-                .extend(self.warnings_for(&stored.model_name).await?);
+            out.warnings.extend(self.warnings_for(&stored.model_name).await?);
         }
         Ok(out)
     }
@@ -371,34 +324,23 @@ impl Gateway {
         let registry = self.registry();
         let Some(resolved) = registry.deployments.get(id) else {
             return match self.store().get_deployment(id).await? {
-                Some(_) => Err(Error::new(
-                    ApiErrorKind::ServiceUnavailable,
-                    "Deployment is not loaded yet; retry shortly",
-                )),
+                Some(_) => {
+                    Err(Error::new(ApiErrorKind::ServiceUnavailable, "Deployment is not loaded yet; retry shortly"))
+                }
                 None => Err(not_found()),
             };
         };
         let (healthy, message, status_code) = match &resolved.connection {
-            None => (
-                false,
-                resolved
-                    .connection_error
-                    .clone()
-                    .unwrap_or_else(|| "deployment cannot be called".into()),
-                None,
-            ),
+            None => {
+                (false, resolved.connection_error.clone().unwrap_or_else(|| "deployment cannot be called".into()), None)
+            }
             Some(conn) => match self.providers().probe(conn, PROBE_DEADLINE).await {
                 Ok(p) => (true, p.message, p.status),
                 Err(e) => (false, e.client_message(), e.status),
             },
         };
         let now = UnixMs::now();
-        resolved.state.mark_probe(
-            healthy,
-            (!healthy).then_some(message.as_str()),
-            &self.inner.cooldown,
-            now,
-        );
+        resolved.state.mark_probe(healthy, (!healthy).then_some(message.as_str()), &self.inner.cooldown, now);
         Ok(HealthCheckResult {
             deployment_id: id.to_owned(),
             healthy,

@@ -18,9 +18,7 @@ impl Gateway {
             "provider" => SpendGroupBy::Provider,
             "deployment" => SpendGroupBy::Deployment,
             other => {
-                return Err(Error::invalid(format!(
-                    "group_by must be model, provider or deployment, not '{other}'"
-                )));
+                return Err(Error::invalid(format!("group_by must be model, provider or deployment, not '{other}'")));
             }
         };
         let parse = |v: Option<&str>, name: &str| -> Result<Option<DateTime<Utc>>> {
@@ -32,11 +30,7 @@ impl Gateway {
                         chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
                             .map(|d| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc()))
                     })
-                    .map_err(|_| {
-                        Error::invalid(format!(
-                            "{name} must be an RFC 3339 timestamp or a YYYY-MM-DD date"
-                        ))
-                    }),
+                    .map_err(|_| Error::invalid(format!("{name} must be an RFC 3339 timestamp or a YYYY-MM-DD date"))),
             }
         };
         let (from, to) = (parse(from, "from")?, parse(to, "to")?);

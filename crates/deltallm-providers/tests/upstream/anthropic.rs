@@ -32,12 +32,7 @@ async fn chat_translates_both_ways_with_anthropic_headers() {
         "stop": ["\n\n"], "metadata": {"secret_tag": 1}
     }));
 
-    let (value, usage) = json_reply(
-        providers()
-            .call(&c, Operation::Chat, &body(&client), None)
-            .await
-            .unwrap(),
-    );
+    let (value, usage) = json_reply(providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap());
 
     let req = only_request(&server).await;
     assert_eq!(header(&req, "x-api-key"), Some(KEY));
@@ -61,10 +56,7 @@ async fn chat_translates_both_ways_with_anthropic_headers() {
         value["choices"],
         json!([{"index": 0, "message": {"role": "assistant", "content": "Bonjour"}, "finish_reason": "stop"}])
     );
-    assert_eq!(
-        value["usage"],
-        json!({"prompt_tokens": 21, "completion_tokens": 5, "total_tokens": 26})
-    );
+    assert_eq!(value["usage"], json!({"prompt_tokens": 21, "completion_tokens": 5, "total_tokens": 26}));
     assert_eq!(usage.map(|u| u.total_tokens), Some(26));
 }
 
@@ -73,10 +65,7 @@ async fn api_version_overrides_default_header() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v1/messages"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"id": "m", "content": [], "usage": {}})),
-        )
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "m", "content": [], "usage": {}})))
         .expect(1)
         .mount(&server)
         .await;
@@ -87,14 +76,8 @@ async fn api_version_overrides_default_header() {
         None,
     );
     let client = bytes(&json!({"messages": [{"role": "user", "content": "x"}]}));
-    providers()
-        .call(&c, Operation::Chat, &body(&client), None)
-        .await
-        .unwrap();
-    assert_eq!(
-        header(&only_request(&server).await, "anthropic-version"),
-        Some("2024-01-01")
-    );
+    providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap();
+    assert_eq!(header(&only_request(&server).await, "anthropic-version"), Some("2024-01-01"));
 }
 
 const SSE: &str = concat!(
@@ -127,86 +110,38 @@ async fn stream_server(sse: String) -> MockServer {
 
 #[tokio::test]
 async fn stream_translates_events_to_openai_chunks() {
-    let server = stream_server(format!(
-        "{SSE}event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
-    ))
-    .await;
-    let c = conn(
-        "anthropic",
-        &format!("{}/v1", server.uri()),
-        json!({"model": "claude-sonnet-4"}),
-        None,
-    );
-    let client = bytes(
-        &json!({"messages": [{"role": "user", "content": "Hi"}], "stream": true, "max_tokens": 50}),
-    );
+    let server = stream_server(format!("{SSE}event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n")).await;
+    let c = conn("anthropic", &format!("{}/v1", server.uri()), json!({"model": "claude-sonnet-4"}), None);
+    let client = bytes(&json!({"messages": [{"role": "user", "content": "Hi"}], "stream": true, "max_tokens": 50}));
 
-    let reply = providers()
-        .call(&c, Operation::Chat, &body(&client), None)
-        .await
-        .unwrap();
+    let reply = providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap();
     let (items, usage) = collect(reply).await;
 
-    let chunks: Vec<Value> = items
-        .into_iter()
-        .map(|i| serde_json::from_str(&i.unwrap()).unwrap())
-        .collect();
-    let deltas: Vec<Value> = chunks
-        .iter()
-        .map(|c| c["choices"][0]["delta"].clone())
-        .collect();
+    let chunks: Vec<Value> = items.into_iter().map(|i| serde_json::from_str(&i.unwrap()).unwrap()).collect();
+    let deltas: Vec<Value> = chunks.iter().map(|c| c["choices"][0]["delta"].clone()).collect();
     assert_eq!(
         deltas,
-        [
-            json!({"role": "assistant", "content": ""}),
-            json!({"content": "Hel"}),
-            json!({"content": "lo"}),
-            json!({})
-        ]
+        [json!({"role": "assistant", "content": ""}), json!({"content": "Hel"}), json!({"content": "lo"}), json!({})]
     );
-    let finishes: Vec<Value> = chunks
-        .iter()
-        .map(|c| c["choices"][0]["finish_reason"].clone())
-        .collect();
-    assert_eq!(
-        finishes,
-        [Value::Null, Value::Null, Value::Null, json!("length")]
+    let finishes: Vec<Value> = chunks.iter().map(|c| c["choices"][0]["finish_reason"].clone()).collect();
+    assert_eq!(finishes, [Value::Null, Value::Null, Value::Null, json!("length")]);
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == "msg_s" && c["model"] == "claude-sonnet-4")
     );
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"
-        && c["id"] == "msg_s"
-        && c["model"] == "claude-sonnet-4"));
-    assert_eq!(
-        chunks[3]["usage"],
-        json!({"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16})
-    );
-    assert_eq!(
-        usage.get().map(|u| (u.prompt_tokens, u.completion_tokens)),
-        Some((10, 6))
-    );
+    assert_eq!(chunks[3]["usage"], json!({"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16}));
+    assert_eq!(usage.get().map(|u| (u.prompt_tokens, u.completion_tokens)), Some((10, 6)));
     let sent = json_body(&only_request(&server).await);
-    assert_eq!(
-        (sent["stream"].clone(), sent["max_tokens"].clone()),
-        (json!(true), json!(50))
-    );
+    assert_eq!((sent["stream"].clone(), sent["max_tokens"].clone()), (json!(true), json!(50)));
 }
 
 #[tokio::test]
 async fn stream_without_message_stop_ends_in_error() {
     let server = stream_server(SSE.to_owned()).await;
-    let c = conn(
-        "anthropic",
-        &format!("{}/v1", server.uri()),
-        json!({"model": "claude-sonnet-4"}),
-        None,
-    );
+    let c = conn("anthropic", &format!("{}/v1", server.uri()), json!({"model": "claude-sonnet-4"}), None);
     let client = bytes(&json!({"messages": [{"role": "user", "content": "Hi"}], "stream": true}));
-    let (items, _) = collect(
-        providers()
-            .call(&c, Operation::Chat, &body(&client), None)
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (items, _) = collect(providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap()).await;
     assert_eq!(items.len(), 5, "4 chunks then the error");
     assert!(items[..4].iter().all(Result::is_ok));
     let err = items[4].as_ref().unwrap_err();
@@ -216,22 +151,11 @@ async fn stream_without_message_stop_ends_in_error() {
 
 #[tokio::test]
 async fn embeddings_are_not_an_anthropic_endpoint() {
-    let c = conn(
-        "anthropic",
-        "http://127.0.0.1:9/v1",
-        json!({"model": "claude"}),
-        None,
-    );
+    let c = conn("anthropic", "http://127.0.0.1:9/v1", json!({"model": "claude"}), None);
     let client = bytes(&json!({"input": "x"}));
-    let err = providers()
-        .call(&c, Operation::Embeddings, &body(&client), None)
-        .await
-        .unwrap_err();
+    let err = providers().call(&c, Operation::Embeddings, &body(&client), None).await.unwrap_err();
     assert_eq!(
         (err.class, err.message.as_str()),
-        (
-            ErrorClass::InvalidRequest,
-            "Provider 'anthropic' does not support the /embeddings endpoint"
-        )
+        (ErrorClass::InvalidRequest, "Provider 'anthropic' does not support the /embeddings endpoint")
     );
 }

@@ -10,28 +10,16 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::support::*;
 
-async fn call_with(
-    template: ResponseTemplate,
-    extra: serde_json::Value,
-    deadline: Option<Duration>,
-) -> Error {
+async fn call_with(template: ResponseTemplate, extra: serde_json::Value, deadline: Option<Duration>) -> Error {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .respond_with(template)
-        .expect(1)
-        .mount(&server)
-        .await;
+    Mock::given(method("POST")).and(path("/v1/chat/completions")).respond_with(template).expect(1).mount(&server).await;
     let mut params = json!({"model": "gpt-4o"});
     for (k, v) in extra.as_object().unwrap() {
         params[k] = v.clone();
     }
     let c = conn("openai", &format!("{}/v1", server.uri()), params, None);
     let client = bytes(&json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]}));
-    providers()
-        .call(&c, Operation::Chat, &body(&client), deadline)
-        .await
-        .unwrap_err()
+    providers().call(&c, Operation::Chat, &body(&client), deadline).await.unwrap_err()
 }
 
 #[tokio::test]
@@ -46,32 +34,17 @@ async fn rate_limit_carries_retry_after() {
     .await;
     assert_eq!(
         (err.class, err.status, err.retry_after),
-        (
-            ErrorClass::RateLimit,
-            Some(429),
-            Some(Duration::from_secs(7))
-        )
+        (ErrorClass::RateLimit, Some(429), Some(Duration::from_secs(7)))
     );
     assert!(err.retryable() && err.health_affecting());
     assert_eq!(err.api_kind(), ApiErrorKind::RateLimited);
-    assert!(
-        !err.client_message().contains("org-123"),
-        "upstream account details stay internal"
-    );
+    assert!(!err.client_message().contains("org-123"), "upstream account details stay internal");
 }
 
 #[tokio::test]
 async fn server_error_is_provider_error_503() {
-    let err = call_with(
-        ResponseTemplate::new(500).set_body_string("stack trace at worker-3"),
-        json!({}),
-        None,
-    )
-    .await;
-    assert_eq!(
-        (err.class, err.status),
-        (ErrorClass::Upstream5xx, Some(500))
-    );
+    let err = call_with(ResponseTemplate::new(500).set_body_string("stack trace at worker-3"), json!({}), None).await;
+    assert_eq!((err.class, err.status), (ErrorClass::Upstream5xx, Some(500)));
     assert_eq!(err.api_kind(), ApiErrorKind::ServiceUnavailable);
     assert_eq!(err.client_message(), "Provider error: 500");
     assert!(err.health_affecting() && !err.retryable());
@@ -82,15 +55,14 @@ async fn server_error_is_provider_error_503() {
 #[tokio::test]
 async fn client_error_message_passes_through() {
     let err = call_with(
-        ResponseTemplate::new(400).set_body_json(json!({"error": {"message": "Invalid value for 'n': must be >= 1", "type": "invalid_request_error"}})),
+        ResponseTemplate::new(400).set_body_json(
+            json!({"error": {"message": "Invalid value for 'n': must be >= 1", "type": "invalid_request_error"}}),
+        ),
         json!({}),
         None,
     )
     .await;
-    assert_eq!(
-        (err.class, err.status),
-        (ErrorClass::UpstreamClient, Some(400))
-    );
+    assert_eq!((err.class, err.status), (ErrorClass::UpstreamClient, Some(400)));
     assert_eq!(err.api_kind(), ApiErrorKind::InvalidRequest);
     assert_eq!(err.client_message(), "Invalid value for 'n': must be >= 1");
     assert!(!err.health_affecting() && !err.retryable());
@@ -106,9 +78,8 @@ async fn context_window_and_content_policy_are_classified() {
     .await;
     assert_eq!(err.class, ErrorClass::ContextWindowExceeded);
     let err = call_with(
-        ResponseTemplate::new(400).set_body_json(
-            json!({"error": {"message": "The prompt was flagged by our safety system"}}),
-        ),
+        ResponseTemplate::new(400)
+            .set_body_json(json!({"error": {"message": "The prompt was flagged by our safety system"}})),
         json!({}),
         None,
     )
@@ -120,9 +91,7 @@ async fn context_window_and_content_policy_are_classified() {
 async fn attempt_deadline_cuts_a_slow_upstream() {
     let started = Instant::now();
     let err = call_with(
-        ResponseTemplate::new(200)
-            .set_body_json(json!({}))
-            .set_delay(Duration::from_secs(3)),
+        ResponseTemplate::new(200).set_body_json(json!({})).set_delay(Duration::from_secs(3)),
         json!({}),
         Some(Duration::from_millis(200)),
     )
@@ -130,30 +99,21 @@ async fn attempt_deadline_cuts_a_slow_upstream() {
     assert_eq!(err.class, ErrorClass::Timeout);
     assert_eq!(err.api_kind(), ApiErrorKind::Timeout);
     assert!(err.retryable() && err.health_affecting());
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
 async fn deployment_read_timeout_applies_without_deadline() {
     let started = Instant::now();
     let err = call_with(
-        ResponseTemplate::new(200)
-            .set_body_json(json!({}))
-            .set_delay(Duration::from_secs(4)),
+        ResponseTemplate::new(200).set_body_json(json!({})).set_delay(Duration::from_secs(4)),
         json!({"timeout": 1}),
         None,
     )
     .await;
     assert_eq!(err.class, ErrorClass::Timeout, "{err:?}");
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
-        "took {took:?}"
-    );
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "took {took:?}");
 }
 
 #[tokio::test]
@@ -161,24 +121,12 @@ async fn refused_connection_is_transport_without_url() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let c = conn(
-        "openai",
-        &format!("http://127.0.0.1:{port}/v1"),
-        json!({"model": "m"}),
-        None,
-    );
+    let c = conn("openai", &format!("http://127.0.0.1:{port}/v1"), json!({"model": "m"}), None);
     let client = bytes(&json!({"model": "x", "messages": []}));
-    let err = providers()
-        .call(&c, Operation::Chat, &body(&client), None)
-        .await
-        .unwrap_err();
+    let err = providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Transport, "{err:?}");
     assert_eq!(err.api_kind(), ApiErrorKind::ServiceUnavailable);
     assert!(err.retryable() && err.health_affecting());
-    assert!(
-        !err.message.contains("http://"),
-        "URL leaked into message: {}",
-        err.message
-    );
+    assert!(!err.message.contains("http://"), "URL leaked into message: {}", err.message);
     assert!(!err.message.contains(KEY));
 }

@@ -20,22 +20,12 @@ async fn chat_translates_and_keeps_key_out_of_url() {
         .expect(1)
         .mount(&server)
         .await;
-    let c = conn(
-        "gemini",
-        &format!("{}/v1beta", server.uri()),
-        json!({"model": "gemini/gemini-2.0-flash"}),
-        None,
-    );
+    let c = conn("gemini", &format!("{}/v1beta", server.uri()), json!({"model": "gemini/gemini-2.0-flash"}), None);
     let client = bytes(
         &json!({"model": "g", "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Hello"}], "temperature": 0}),
     );
 
-    let (value, usage) = json_reply(
-        providers()
-            .call(&c, Operation::Chat, &body(&client), None)
-            .await
-            .unwrap(),
-    );
+    let (value, usage) = json_reply(providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap());
 
     let req = only_request(&server).await;
     assert_eq!(req.url.query(), None, "no ?key= in the URL");
@@ -54,10 +44,7 @@ async fn chat_translates_and_keeps_key_out_of_url() {
         json!([{"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "length"}])
     );
     assert_eq!(value["model"], "gemini-2.0-flash-001");
-    assert_eq!(
-        usage.map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens)),
-        Some((5, 3, 8))
-    );
+    assert_eq!(usage.map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens)), Some((5, 3, 8)));
 }
 
 #[tokio::test]
@@ -68,23 +55,12 @@ async fn upstream_error_never_contains_the_key() {
         .expect(1)
         .mount(&server)
         .await;
-    let c = conn(
-        "gemini",
-        &format!("{}/v1beta", server.uri()),
-        json!({"model": "gemini-pro"}),
-        None,
-    );
+    let c = conn("gemini", &format!("{}/v1beta", server.uri()), json!({"model": "gemini-pro"}), None);
     let client = bytes(&json!({"messages": [{"role": "user", "content": "x"}]}));
-    let err = providers()
-        .call(&c, Operation::Chat, &body(&client), None)
-        .await
-        .unwrap_err();
+    let err = providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap_err();
     assert_eq!(
         (err.class, err.client_message().as_str()),
-        (
-            ErrorClass::UpstreamClient,
-            "API key not valid. Please pass a valid API key."
-        )
+        (ErrorClass::UpstreamClient, "API key not valid. Please pass a valid API key.")
     );
     assert!(!format!("{err:?}").contains(KEY));
 }
@@ -92,22 +68,10 @@ async fn upstream_error_never_contains_the_key() {
 #[tokio::test]
 async fn streaming_is_rejected_before_sending() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .expect(0)
-        .mount(&server)
-        .await;
-    let c = conn(
-        "gemini",
-        &format!("{}/v1beta", server.uri()),
-        json!({"model": "gemini-pro"}),
-        None,
-    );
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
+    let c = conn("gemini", &format!("{}/v1beta", server.uri()), json!({"model": "gemini-pro"}), None);
     let client = bytes(&json!({"messages": [{"role": "user", "content": "x"}], "stream": true}));
-    let err = providers()
-        .call(&c, Operation::Chat, &body(&client), None)
-        .await
-        .unwrap_err();
+    let err = providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::InvalidRequest);
     assert_eq!(err.api_kind().status(), 400);
 }

@@ -38,10 +38,7 @@ async fn chat_sends_bearer_and_rewritten_body_and_passes_reply_through() {
         "temperature": 0.9
     }));
 
-    let reply = providers()
-        .call(&c, Operation::Chat, &body(&client), None)
-        .await
-        .unwrap();
+    let reply = providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap();
 
     let (value, usage) = json_reply(reply);
     assert_eq!(value, completion(), "OpenAI replies pass through untouched");
@@ -56,10 +53,7 @@ async fn chat_sends_bearer_and_rewritten_body_and_passes_reply_through() {
         })
     );
     let req = only_request(&server).await;
-    assert_eq!(
-        header(&req, "authorization"),
-        Some(format!("Bearer {KEY}").as_str())
-    );
+    assert_eq!(header(&req, "authorization"), Some(format!("Bearer {KEY}").as_str()));
     assert_eq!(header(&req, "content-type"), Some("application/json"));
     assert_eq!(
         json_body(&req),
@@ -86,36 +80,14 @@ async fn custom_auth_header_name_and_format() {
         json!({"model": "llama", "auth_header_name": "X-API-Key", "auth_header_format": "{api_key}"}),
         None,
     );
-    providers()
-        .call(&x_api_key, Operation::Chat, &body(&client), None)
-        .await
-        .unwrap();
-    let token = conn(
-        "vllm",
-        &base,
-        json!({"model": "llama", "auth_header_format": "Token {api_key}"}),
-        None,
-    );
-    providers()
-        .call(&token, Operation::Chat, &body(&client), None)
-        .await
-        .unwrap();
+    providers().call(&x_api_key, Operation::Chat, &body(&client), None).await.unwrap();
+    let token = conn("vllm", &base, json!({"model": "llama", "auth_header_format": "Token {api_key}"}), None);
+    providers().call(&token, Operation::Chat, &body(&client), None).await.unwrap();
 
     let requests = server.received_requests().await.unwrap();
     assert_eq!(requests[0].headers.get("x-api-key").unwrap(), KEY);
-    assert!(
-        requests[0].headers.get("authorization").is_none(),
-        "custom header replaces Authorization"
-    );
-    assert_eq!(
-        requests[1]
-            .headers
-            .get("authorization")
-            .unwrap()
-            .to_str()
-            .unwrap(),
-        format!("Token {KEY}")
-    );
+    assert!(requests[0].headers.get("authorization").is_none(), "custom header replaces Authorization");
+    assert_eq!(requests[1].headers.get("authorization").unwrap().to_str().unwrap(), format!("Token {KEY}"));
 }
 
 #[tokio::test]
@@ -127,17 +99,9 @@ async fn gpt5_gets_max_completion_tokens() {
         .expect(1)
         .mount(&server)
         .await;
-    let c = conn(
-        "openai",
-        &format!("{}/v1", server.uri()),
-        json!({"model": "gpt-5-mini"}),
-        None,
-    );
+    let c = conn("openai", &format!("{}/v1", server.uri()), json!({"model": "gpt-5-mini"}), None);
     let client = bytes(&json!({"model": "x", "messages": [], "max_tokens": 64}));
-    providers()
-        .call(&c, Operation::Chat, &body(&client), None)
-        .await
-        .unwrap();
+    providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap();
     assert_eq!(
         json_body(&only_request(&server).await),
         json!({"model": "gpt-5-mini", "messages": [], "max_completion_tokens": 64})
@@ -150,9 +114,10 @@ async fn azure_uses_api_key_header_and_api_version() {
     Mock::given(method("POST"))
         .and(path("/openai/v1/embeddings"))
         .and(query_param("api-version", "2024-10-21"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"object": "list", "data": [], "usage": {"prompt_tokens": 4, "total_tokens": 4}}),
-        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"object": "list", "data": [], "usage": {"prompt_tokens": 4, "total_tokens": 4}})),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -163,23 +128,12 @@ async fn azure_uses_api_key_header_and_api_version() {
         None,
     );
     let client = bytes(&json!({"model": "emb", "input": ["a", "b"]}));
-    let (_, usage) = json_reply(
-        providers()
-            .call(&c, Operation::Embeddings, &body(&client), None)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(
-        usage.map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens)),
-        Some((4, 0, 4))
-    );
+    let (_, usage) = json_reply(providers().call(&c, Operation::Embeddings, &body(&client), None).await.unwrap());
+    assert_eq!(usage.map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens)), Some((4, 0, 4)));
     let req = only_request(&server).await;
     assert_eq!(header(&req, "api-key"), Some(KEY));
     assert!(header(&req, "authorization").is_none());
-    assert_eq!(
-        json_body(&req),
-        json!({"model": "text-embedding-3-small", "input": ["a", "b"]})
-    );
+    assert_eq!(json_body(&req), json!({"model": "text-embedding-3-small", "input": ["a", "b"]}));
 }
 
 #[tokio::test]
@@ -191,60 +145,28 @@ async fn unknown_provider_rejects_chat_but_serves_embeddings_without_auth() {
         .expect(1)
         .mount(&server)
         .await;
-    let c = conn(
-        "my-private-llm",
-        &server.uri(),
-        json!({"model": "m", "api_key": null}),
-        None,
-    );
+    let c = conn("my-private-llm", &server.uri(), json!({"model": "m", "api_key": null}), None);
     let client = bytes(&json!({"model": "x", "messages": [], "input": "a"}));
 
-    let err = providers()
-        .call(&c, Operation::Chat, &body(&client), None)
-        .await
-        .unwrap_err();
+    let err = providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::InvalidRequest);
-    assert_eq!(
-        err.client_message(),
-        "Unsupported provider 'my-private-llm' for chat endpoint"
-    );
+    assert_eq!(err.client_message(), "Unsupported provider 'my-private-llm' for chat endpoint");
 
-    providers()
-        .call(&c, Operation::Embeddings, &body(&client), None)
-        .await
-        .unwrap();
-    assert!(
-        header(&only_request(&server).await, "authorization").is_none(),
-        "no key → no auth header"
-    );
+    providers().call(&c, Operation::Embeddings, &body(&client), None).await.unwrap();
+    assert!(header(&only_request(&server).await, "authorization").is_none(), "no key → no auth header");
 }
 
 #[tokio::test]
 async fn missing_key_fails_before_sending() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .expect(0)
-        .mount(&server)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
     for provider in ["openai", "anthropic", "azure"] {
-        let c = conn(
-            provider,
-            &server.uri(),
-            json!({"model": "m", "api_key": null}),
-            None,
-        );
+        let c = conn(provider, &server.uri(), json!({"model": "m", "api_key": null}), None);
         let client = bytes(&json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]}));
-        let err = providers()
-            .call(&c, Operation::Chat, &body(&client), None)
-            .await
-            .unwrap_err();
+        let err = providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap_err();
         assert_eq!(
             (err.class, err.message.as_str()),
-            (
-                ErrorClass::InvalidRequest,
-                "Provider API key is missing for selected model"
-            ),
+            (ErrorClass::InvalidRequest, "Provider API key is missing for selected model"),
             "{provider}"
         );
         assert!(!err.health_affecting());
@@ -263,25 +185,15 @@ async fn speech_returns_binary_and_images_count_usage() {
     Mock::given(method("POST"))
         .and(path("/v1/images/generations"))
         .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"created": 1, "data": [{"url": "u1"}, {"url": "u2"}]})),
+            ResponseTemplate::new(200).set_body_json(json!({"created": 1, "data": [{"url": "u1"}, {"url": "u2"}]})),
         )
         .expect(1)
         .mount(&server)
         .await;
-    let c = conn(
-        "openai",
-        &format!("{}/v1", server.uri()),
-        json!({"model": "tts-1"}),
-        None,
-    );
+    let c = conn("openai", &format!("{}/v1", server.uri()), json!({"model": "tts-1"}), None);
 
     let speech = bytes(&json!({"model": "x", "input": "hello", "voice": "alloy"}));
-    match providers()
-        .call(&c, Operation::AudioSpeech, &body(&speech), None)
-        .await
-        .unwrap()
-    {
+    match providers().call(&c, Operation::AudioSpeech, &body(&speech), None).await.unwrap() {
         Reply::Binary { content_type, body } => {
             assert_eq!(content_type, "audio/mpeg");
             assert_eq!(body, Bytes::from_static(&[0xFF, 0xF3, 0x01]));
@@ -289,12 +201,7 @@ async fn speech_returns_binary_and_images_count_usage() {
         other => panic!("expected binary, got {other:?}"),
     }
     let image = bytes(&json!({"model": "x", "prompt": "cat", "n": 2}));
-    let (_, usage) = json_reply(
-        providers()
-            .call(&c, Operation::ImageGeneration, &body(&image), None)
-            .await
-            .unwrap(),
-    );
+    let (_, usage) = json_reply(providers().call(&c, Operation::ImageGeneration, &body(&image), None).await.unwrap());
     assert_eq!(usage.and_then(|u| u.images), Some(2));
 }
 
@@ -304,28 +211,16 @@ async fn transcription_passes_multipart_through_with_upstream_model() {
     Mock::given(method("POST"))
         .and(path("/v1/audio/transcriptions"))
         .respond_with(
-            ResponseTemplate::new(200).set_body_json(
-                json!({"text": "hi", "usage": {"type": "duration", "seconds": 2.5}}),
-            ),
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"text": "hi", "usage": {"type": "duration", "seconds": 2.5}})),
         )
         .expect(1)
         .mount(&server)
         .await;
-    let c = conn(
-        "openai",
-        &format!("{}/v1", server.uri()),
-        json!({"model": "openai/whisper-1"}),
-        None,
-    );
+    let c = conn("openai", &format!("{}/v1", server.uri()), json!({"model": "openai/whisper-1"}), None);
     let fields = vec![
-        FormField {
-            name: "model".into(),
-            value: FormValue::Text("public-whisper".into()),
-        },
-        FormField {
-            name: "language".into(),
-            value: FormValue::Text("de".into()),
-        },
+        FormField { name: "model".into(), value: FormValue::Text("public-whisper".into()) },
+        FormField { name: "language".into(), value: FormValue::Text("de".into()) },
         FormField {
             name: "file".into(),
             value: FormValue::File {
@@ -339,43 +234,19 @@ async fn transcription_passes_multipart_through_with_upstream_model() {
     assert_eq!(value["text"], "hi");
     assert_eq!(usage.and_then(|u| u.seconds), Some(2.5));
     let req = only_request(&server).await;
-    assert_eq!(
-        header(&req, "authorization"),
-        Some(format!("Bearer {KEY}").as_str())
-    );
-    assert!(
-        header(&req, "content-type")
-            .unwrap()
-            .starts_with("multipart/form-data; boundary=")
-    );
+    assert_eq!(header(&req, "authorization"), Some(format!("Bearer {KEY}").as_str()));
+    assert!(header(&req, "content-type").unwrap().starts_with("multipart/form-data; boundary="));
     let text = String::from_utf8_lossy(&req.body);
-    assert!(
-        text.contains("name=\"model\"\r\n\r\nwhisper-1\r\n"),
-        "{text}"
-    );
+    assert!(text.contains("name=\"model\"\r\n\r\nwhisper-1\r\n"), "{text}");
     assert!(!text.contains("public-whisper"), "{text}");
     assert!(text.contains("name=\"language\"\r\n\r\nde\r\n"), "{text}");
-    assert!(
-        text.contains("filename=\"a.wav\"") && text.contains("RIFFDATA"),
-        "{text}"
-    );
+    assert!(text.contains("filename=\"a.wav\"") && text.contains("RIFFDATA"), "{text}");
 }
 
 #[tokio::test]
 async fn bedrock_calls_are_refused_locally() {
-    let c = conn(
-        "bedrock",
-        "http://127.0.0.1:9",
-        json!({"model": "bedrock/anthropic.claude"}),
-        None,
-    );
+    let c = conn("bedrock", "http://127.0.0.1:9", json!({"model": "bedrock/anthropic.claude"}), None);
     let client = bytes(&json!({"model": "x", "messages": []}));
-    let err = providers()
-        .call(&c, Operation::Chat, &body(&client), None)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.class, err.message.as_str()),
-        (ErrorClass::InvalidRequest, "Bedrock is not supported yet")
-    );
+    let err = providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap_err();
+    assert_eq!((err.class, err.message.as_str()), (ErrorClass::InvalidRequest, "Bedrock is not supported yet"));
 }

@@ -15,7 +15,8 @@ use tokio::sync::oneshot;
 
 use crate::support::*;
 
-const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
+const SSE_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
 
 /// Serve one connection: read the request, then hand the socket to `script`.
 async fn upstream<F, Fut>(script: F) -> String
@@ -42,10 +43,8 @@ async fn read_request(sock: &mut TcpStream) {
         buf.extend_from_slice(&tmp[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
+            let len: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
             while buf.len() < end + 4 + len {
                 let n = sock.read(&mut tmp).await.unwrap();
                 buf.extend_from_slice(&tmp[..n]);
@@ -70,9 +69,7 @@ async fn start_stream(
     }
     let c = conn("openai", base, params, None);
     let client = stream_request();
-    providers()
-        .call(&c, Operation::Chat, &body(&client), deadline)
-        .await
+    providers().call(&c, Operation::Chat, &body(&client), deadline).await
 }
 
 #[tokio::test]
@@ -98,29 +95,17 @@ async fn chunks_are_forwarded_as_they_arrive() {
     })
     .await;
 
-    let Reply::Stream(mut stream) = start_stream(&base, json!({}), Some(Duration::from_secs(5)))
-        .await
-        .unwrap()
-    else {
+    let Reply::Stream(mut stream) = start_stream(&base, json!({}), Some(Duration::from_secs(5))).await.unwrap() else {
         panic!("expected a stream")
     };
     let usage = stream.usage();
     let first = stream.next().await.unwrap().unwrap();
-    assert_eq!(
-        &first[..],
-        br#"{"id":"c1","choices":[{"index":0,"delta":{"content":"A"}}]}"#
-    );
-    assert!(
-        !sent_rest.load(Ordering::SeqCst),
-        "first chunk must be forwarded before the upstream sends the rest"
-    );
+    assert_eq!(&first[..], br#"{"id":"c1","choices":[{"index":0,"delta":{"content":"A"}}]}"#);
+    assert!(!sent_rest.load(Ordering::SeqCst), "first chunk must be forwarded before the upstream sends the rest");
     assert!(usage.get().is_none() && !usage.is_final());
     gate_tx.send(()).unwrap();
 
-    let rest: Vec<String> = stream
-        .map(|i| String::from_utf8(i.unwrap().to_vec()).unwrap())
-        .collect()
-        .await;
+    let rest: Vec<String> = stream.map(|i| String::from_utf8(i.unwrap().to_vec()).unwrap()).collect().await;
     assert_eq!(
         rest,
         [
@@ -129,21 +114,14 @@ async fn chunks_are_forwarded_as_they_arrive() {
         ]
     );
     assert!(usage.is_final());
-    assert_eq!(
-        usage
-            .get()
-            .map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens)),
-        Some((4, 2, 6))
-    );
+    assert_eq!(usage.get().map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens)), Some((4, 2, 6)));
 }
 
 #[tokio::test]
 async fn connection_closed_before_done_is_an_error() {
     let base = upstream(|mut s| async move {
         s.write_all(SSE_HEAD).await.unwrap();
-        s.write_all(b"data: {\"n\":1}\n\ndata: {\"n\":2}\n\n")
-            .await
-            .unwrap();
+        s.write_all(b"data: {\"n\":1}\n\ndata: {\"n\":2}\n\n").await.unwrap();
         s.shutdown().await.unwrap();
     })
     .await;
@@ -152,13 +130,7 @@ async fn connection_closed_before_done_is_an_error() {
     assert_eq!(items[0].as_deref().unwrap(), r#"{"n":1}"#);
     assert_eq!(items[1].as_deref().unwrap(), r#"{"n":2}"#);
     let err = items[2].as_ref().unwrap_err();
-    assert_eq!(
-        (err.class, err.message.as_str()),
-        (
-            ErrorClass::Transport,
-            "upstream stream ended before completion"
-        )
-    );
+    assert_eq!((err.class, err.message.as_str()), (ErrorClass::Transport, "upstream stream ended before completion"));
     assert!(err.health_affecting());
     assert!(usage.is_final() && usage.get().is_none());
 }
@@ -172,9 +144,7 @@ async fn dropping_the_stream_closes_the_upstream_connection() {
         let started = Instant::now();
         // Keep the stream alive until writes start failing: that is the
         // client hanging up.
-        while s.write_all(b": ping\n\n").await.is_ok()
-            && started.elapsed() < Duration::from_secs(10)
-        {
+        while s.write_all(b": ping\n\n").await.is_ok() && started.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = closed_tx.send(started.elapsed());
@@ -185,14 +155,8 @@ async fn dropping_the_stream_closes_the_upstream_connection() {
     };
     assert_eq!(&stream.next().await.unwrap().unwrap()[..], br#"{"n":1}"#);
     drop(stream);
-    let took = tokio::time::timeout(Duration::from_secs(5), closed_rx)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        took < Duration::from_secs(5),
-        "upstream saw the hang-up after {took:?}"
-    );
+    let took = tokio::time::timeout(Duration::from_secs(5), closed_rx).await.unwrap().unwrap();
+    assert!(took < Duration::from_secs(5), "upstream saw the hang-up after {took:?}");
 }
 
 #[tokio::test]
@@ -204,19 +168,11 @@ async fn a_stalled_stream_hits_the_read_timeout() {
     })
     .await;
     let started = Instant::now();
-    let (items, _) = collect(
-        start_stream(&base, json!({"timeout": 1}), None)
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (items, _) = collect(start_stream(&base, json!({"timeout": 1}), None).await.unwrap()).await;
     assert_eq!(items.len(), 2);
     assert_eq!(items[1].as_ref().unwrap_err().class, ErrorClass::Timeout);
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
-        "took {took:?}"
-    );
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "took {took:?}");
 }
 
 #[tokio::test]
@@ -228,9 +184,7 @@ async fn deadline_bounds_the_wait_for_stream_headers() {
     })
     .await;
     let started = Instant::now();
-    let err = start_stream(&base, json!({}), Some(Duration::from_millis(200)))
-        .await
-        .unwrap_err();
+    let err = start_stream(&base, json!({}), Some(Duration::from_millis(200))).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Timeout);
     assert!(started.elapsed() < Duration::from_secs(2));
 }
@@ -251,11 +205,7 @@ async fn error_status_on_a_stream_request_is_classified_before_streaming() {
     let err = start_stream(&base, json!({}), None).await.unwrap_err();
     assert_eq!(
         (err.class, err.status, err.retry_after),
-        (
-            ErrorClass::RateLimit,
-            Some(429),
-            Some(Duration::from_secs(2))
-        )
+        (ErrorClass::RateLimit, Some(429), Some(Duration::from_secs(2)))
     );
     assert_eq!(err.message, "slow down");
 }

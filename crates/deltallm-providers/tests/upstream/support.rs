@@ -10,11 +10,7 @@ use wiremock::{MockServer, Request};
 pub const KEY: &str = "sk-test-canary-4711";
 
 pub fn providers() -> Providers {
-    Providers::new(&HttpSettings {
-        read_timeout: Duration::from_secs(30),
-        ..HttpSettings::default()
-    })
-    .unwrap()
+    Providers::new(&HttpSettings { read_timeout: Duration::from_secs(30), ..HttpSettings::default() }).unwrap()
 }
 
 /// A connection for `provider` with the given params merged over
@@ -64,13 +60,8 @@ pub fn json_reply(reply: Reply) -> (Value, Option<deltallm_providers::Usage>) {
 /// Drain a stream reply into its items, payloads as strings.
 pub async fn collect(
     reply: Reply,
-) -> (
-    Vec<Result<String, deltallm_providers::Error>>,
-    deltallm_providers::StreamUsage,
-) {
-    let Reply::Stream(mut stream) = reply else {
-        panic!("expected a stream reply")
-    };
+) -> (Vec<Result<String, deltallm_providers::Error>>, deltallm_providers::StreamUsage) {
+    let Reply::Stream(mut stream) = reply else { panic!("expected a stream reply") };
     let usage = stream.usage();
     let mut items = Vec::new();
     while let Some(item) = stream.next().await {
