@@ -1,8 +1,15 @@
 //! Named credential rows ⇄ domain credentials, with secrets sealed at rest.
 
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
 use deltallm_domain::credential::NamedCredential;
-use deltallm_domain::params::split_secrets;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+use deltallm_domain::deployment::Deployment;
+use deltallm_domain::params::{extract_secrets_deep, restore_secrets_deep, split_secrets};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
 use serde_json::Value;
 
 use crate::entity::{deployment, named_credential as row};
@@ -48,10 +55,8 @@ impl Store {
         if let Some(doc) = metadata.as_mut() {
             let found = extract_secrets_deep(doc);
             if !found.is_empty() {
-                let pairs = found
-                    .into_iter()
-                    .map(|(pointer, v)| Value::Array(vec![Value::String(pointer), v]))
-                    .collect();
+                let pairs =
+                    found.into_iter().map(|(pointer, v)| Value::Array(vec![Value::String(pointer), v])).collect();
                 secret.insert(METADATA_SECRETS.into(), Value::Array(pairs));
             }
         }
@@ -72,12 +77,29 @@ impl Store {
 
     pub(crate) fn row_to_credential(&self, r: row::Model) -> Result<NamedCredential> {
         let mut config = parse_object(&r.credential_id, &r.connection_config)?;
+        let mut metadata_secrets = Vec::new();
         if let (Some(key_id), Some(ct)) = (&r.secret_key_id, &r.secret_ciphertext) {
-            config.extend(self.keys.open_map(key_id, ct, &aad(&r.credential_id))?);
+            let mut secret = self.keys.open_map(key_id, ct, &aad(&r.credential_id))?;
+            if let Some(Value::Array(pairs)) = secret.remove(METADATA_SECRETS) {
+                metadata_secrets = pairs
+                    .into_iter()
+                    .filter_map(|pair| match pair {
+                        Value::Array(mut kv) if kv.len() == 2 => {
+                            let v = kv.pop()?;
+                            Some((kv.pop()?.as_str()?.to_owned(), v))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+            }
+            config.extend(secret);
         }
         let metadata = match r.metadata.as_deref() {
             Some(text) => {
-                Some(serde_json::from_str(text).map_err(|e| Error::Corrupt(r.credential_id.clone(), e.to_string()))?)
+                let mut doc: Value =
+                    serde_json::from_str(text).map_err(|e| Error::Corrupt(r.credential_id.clone(), e.to_string()))?;
+                restore_secrets_deep(&mut doc, metadata_secrets);
+                Some(doc)
             }
             None => None,
         };
@@ -135,9 +157,168 @@ impl Store {
         Ok(deployment::Entity::find().filter(deployment::Column::NamedCredentialId.eq(id)).count(&self.db).await?)
     }
 
-    /// Delete; false when it did not exist. Linked credentials are refused by the caller (CRED-9).
-    pub async fn delete_credential(&self, id: &str) -> Result<bool> {
-        let res = row::Entity::delete_by_id(id.to_owned()).exec(&self.db).await?;
-        Ok(res.rows_affected > 0)
+    /// `usage_count` of every linked credential id (one grouped query).
+    pub async fn credential_usage_counts(&self) -> Result<HashMap<String, u64>> {
+        let rows: Vec<(Option<String>, i64)> = deployment::Entity::find()
+            .select_only()
+            .column(deployment::Column::NamedCredentialId)
+            .column_as(deployment::Column::DeploymentId.count(), "n")
+            .filter(deployment::Column::NamedCredentialId.is_not_null())
+            .group_by(deployment::Column::NamedCredentialId)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().filter_map(|(id, n)| Some((id?, u64::try_from(n).unwrap_or(0)))).collect())
+    }
+
+    /// Up to `limit` deployments linked to a credential, by name then id (no secrets are read).
+    pub async fn linked_deployments(&self, credential_id: &str, limit: u64) -> Result<Vec<LinkedDeployment>> {
+        let rows: Vec<(String, String)> = deployment::Entity::find()
+            .select_only()
+            .column(deployment::Column::DeploymentId)
+            .column(deployment::Column::ModelName)
+            .filter(deployment::Column::NamedCredentialId.eq(credential_id))
+            .order_by_asc(deployment::Column::ModelName)
+            .order_by_asc(deployment::Column::DeploymentId)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|(deployment_id, model_name)| LinkedDeployment { deployment_id, model_name }).collect())
+    }
+
+    /// Delete an unlinked credential (CRED-9): linked → `Conflict`, unknown →
+    /// `NotFound`. The usage check and the delete share one transaction, and
+    /// the foreign key refuses a link that slips in from another replica.
+    pub async fn delete_credential(&self, id: &str) -> Result<()> {
+        let linked = || Error::Conflict("Named credential is still linked to model deployments".into());
+        let txn = self.db.begin().await?;
+        let in_use =
+            deployment::Entity::find().filter(deployment::Column::NamedCredentialId.eq(id)).count(&txn).await?;
+        if in_use > 0 {
+            return Err(linked());
+        }
+        let res = match row::Entity::delete_by_id(id.to_owned()).exec(&txn).await {
+            Ok(res) => res,
+            Err(e) if is_fk_violation(&e) => return Err(linked()),
+            Err(e) => return Err(e.into()),
+        };
+        if res.rows_affected == 0 {
+            return Err(Error::NotFound("Named credential not found".into()));
+        }
+        match txn.commit().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_fk_violation(&e) => Err(linked()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// CRED-11 conversion in ONE transaction: insert `credential`, then store
+    /// each relinked deployment (already stripped and linked by the caller).
+    /// Each update only matches a row that is still unlinked and unchanged
+    /// since the `updated_at` the caller read; any miss rolls everything back.
+    pub async fn convert_inline_group(
+        &self,
+        credential: &NamedCredential,
+        relinked: &[(Deployment, DateTime<Utc>)],
+    ) -> Result<()> {
+        let txn = self.db.begin().await?;
+        match row::Entity::insert(self.credential_to_row(credential)).exec(&txn).await {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Error::Conflict(format!("A named credential named '{}' already exists", credential.name)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for (d, read_updated_at) in relinked {
+            let res = deployment::Entity::update_many()
+                .set(self.deployment_to_row(d))
+                .filter(deployment::Column::DeploymentId.eq(d.deployment_id.as_str()))
+                .filter(deployment::Column::NamedCredentialId.is_null())
+                .filter(deployment::Column::UpdatedAt.eq(*read_updated_at))
+                .exec(&txn)
+                .await?;
+            if res.rows_affected != 1 {
+                // Dropping the transaction rolls back the credential and the earlier relinks.
+                return Err(Error::Conflict(format!(
+                    "Deployment '{}' changed during the conversion; nothing was changed",
+                    d.deployment_id
+                )));
+            }
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Re-seal every stored secret under the ring's current key (`rotate-key`).
+    /// Row by row, each a conditional update on the ciphertext it read, so it
+    /// runs while gateways keep writing and can be re-run after an
+    /// interruption (rows already under the current key are left alone).
+    pub async fn reencrypt_all(&self) -> Result<Reencrypted> {
+        let current = self.keys.current_id().to_owned();
+        let mut out = Reencrypted::default();
+        let mut from = BTreeSet::new();
+
+        let deps: Vec<(String, Option<String>, Option<String>)> = deployment::Entity::find()
+            .select_only()
+            .column(deployment::Column::DeploymentId)
+            .column(deployment::Column::SecretKeyId)
+            .column(deployment::Column::SecretCiphertext)
+            .filter(deployment::Column::SecretKeyId.is_not_null())
+            .filter(deployment::Column::SecretKeyId.ne(current.as_str()))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        for (id, key_id, ct) in deps {
+            let (Some(key_id), Some(ct)) = (key_id, ct) else { continue };
+            let aad = crate::deployments::aad(&id);
+            let sealed = self.keys.seal(&self.keys.open(&key_id, &ct, &aad)?, &aad);
+            let res = deployment::Entity::update_many()
+                .col_expr(deployment::Column::SecretCiphertext, Expr::value(sealed.ciphertext))
+                .col_expr(deployment::Column::SecretKeyId, Expr::value(sealed.key_id))
+                .filter(deployment::Column::DeploymentId.eq(id.as_str()))
+                .filter(deployment::Column::SecretKeyId.eq(key_id.as_str()))
+                .filter(deployment::Column::SecretCiphertext.eq(ct.as_str()))
+                .exec(&self.db)
+                .await?;
+            if res.rows_affected == 1 {
+                out.deployments += 1;
+                from.insert(key_id);
+            } else {
+                out.skipped += 1;
+            }
+        }
+
+        let creds: Vec<(String, Option<String>, Option<String>)> = row::Entity::find()
+            .select_only()
+            .column(row::Column::CredentialId)
+            .column(row::Column::SecretKeyId)
+            .column(row::Column::SecretCiphertext)
+            .filter(row::Column::SecretKeyId.is_not_null())
+            .filter(row::Column::SecretKeyId.ne(current.as_str()))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        for (id, key_id, ct) in creds {
+            let (Some(key_id), Some(ct)) = (key_id, ct) else { continue };
+            let aad = aad(&id);
+            let sealed = self.keys.seal(&self.keys.open(&key_id, &ct, &aad)?, &aad);
+            let res = row::Entity::update_many()
+                .col_expr(row::Column::SecretCiphertext, Expr::value(sealed.ciphertext))
+                .col_expr(row::Column::SecretKeyId, Expr::value(sealed.key_id))
+                .filter(row::Column::CredentialId.eq(id.as_str()))
+                .filter(row::Column::SecretKeyId.eq(key_id.as_str()))
+                .filter(row::Column::SecretCiphertext.eq(ct.as_str()))
+                .exec(&self.db)
+                .await?;
+            if res.rows_affected == 1 {
+                out.credentials += 1;
+                from.insert(key_id);
+            } else {
+                out.skipped += 1;
+            }
+        }
+        out.from_key_ids = from.into_iter().collect();
+        Ok(out)
     }
 }
