@@ -39,8 +39,5 @@ pub(crate) fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
 
 /// Is this database error a foreign-key violation?
 pub(crate) fn is_fk_violation(err: &sea_orm::DbErr) -> bool {
-    matches!(
-        err.sql_err(),
-        Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_))
-    )
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_)))
 }
