@@ -2,4 +2,5 @@
 //! SQLite and PostgreSQL through `on_both_backends!`.
 
 mod admin_models;
+mod proxy;
 mod validation;

@@ -237,9 +237,13 @@ impl Gateway {
                 .with_param("stream")
                 .into());
         }
-        let (_registry, entry) = self.resolve_target(&model, endpoint)?;
         let spend = SpendContext::new(endpoint.call_type(), &model, stream, &tags);
-        let result = self.route_and_call(&entry, endpoint, Payload::Json(&parsed), &tags, started).await;
+        let result = match self.resolve_target(&model, endpoint) {
+            Ok((_registry, entry)) => {
+                self.route_and_call(&entry, endpoint, Payload::Json(&parsed), &tags, started).await
+            }
+            Err(e) => Err(e.into()),
+        };
         self.finish(result, endpoint, Some(&parsed), spend, started)
     }
 
@@ -251,9 +255,11 @@ impl Gateway {
         started: Instant,
     ) -> Result<ProxyResponse, ProxyError> {
         let endpoint = Endpoint::AudioTranscriptions;
-        let (_registry, entry) = self.resolve_target(model, endpoint)?;
         let spend = SpendContext::new(endpoint.call_type(), model, false, &[]);
-        let result = self.route_and_call(&entry, endpoint, Payload::Form(&fields), &[], started).await;
+        let result = match self.resolve_target(model, endpoint) {
+            Ok((_registry, entry)) => self.route_and_call(&entry, endpoint, Payload::Form(&fields), &[], started).await,
+            Err(e) => Err(e.into()),
+        };
         self.finish(result, endpoint, None, spend, started)
     }
 

@@ -1,0 +1,388 @@
+//! The OpenAI-compatible proxy over real HTTP against loopback upstreams:
+//! forwarding, streaming chunk by chunk, cut streams, cancellation, error
+//! mapping, body limits, failover and spend.
+
+use std::time::Duration;
+
+use deltallm_e2e::{MASTER_KEY, TestApp, on_both_backends, test_settings};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+async fn add(app: &TestApp, name: &str, id: &str, provider: &str, api_base: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model_name": name,
+        "deployment_id": id,
+        "deltallm_params": {"provider": provider, "model": format!("up-{id}"), "api_base": api_base, "api_key": "sk-up"},
+        "model_info": {"mode": "chat", "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}
+    });
+    if let Value::Object(extra) = extra {
+        for (k, v) in extra {
+            match (k.as_str(), v) {
+                ("model_info", Value::Object(m)) => body["model_info"].as_object_mut().unwrap().extend(m),
+                ("deltallm_params", Value::Object(m)) => body["deltallm_params"].as_object_mut().unwrap().extend(m),
+                (_, v) => {
+                    body[k.as_str()] = v;
+                }
+            }
+        }
+    }
+    let (s, b) = app.post("/ui/api/models", &body).await;
+    assert_eq!(s, 200, "{b}");
+    b
+}
+
+fn completion() -> Value {
+    json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up",
+           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+           "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}})
+}
+
+async fn chat(app: &TestApp, body: Value) -> reqwest::Response {
+    app.client.post(app.url("/v1/chat/completions")).bearer_auth(MASTER_KEY).json(&body).send().await.unwrap()
+}
+
+on_both_backends!(chat_is_forwarded_and_spend_recorded, |url: String| async move {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(header("authorization", "Bearer sk-up"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion()))
+        .expect(1)
+        .mount(&upstream)
+        .await;
+    let app = TestApp::start(&url, test_settings()).await;
+    add(
+        &app,
+        "gpt",
+        "gpt-a",
+        "openai",
+        &format!("{}/v1", upstream.uri()),
+        json!({"model_info": {"default_params": {"temperature": 0.1, "top_p": 0.5}}}),
+    )
+    .await;
+
+    let resp = chat(&app, json!({"model": "gpt", "messages": [{"role": "user", "content": "x"}], "temperature": 0.9, "metadata": {"user_ref": "kept-local"}})).await;
+    if resp.status() != 200 {
+        panic!("status {} body {}", resp.status(), resp.text().await.unwrap());
+    }
+    let h = resp.headers().clone();
+    assert_eq!(h["x-deltallm-route-group"], "gpt");
+    assert_eq!(h["x-deltallm-route-deployment"], "gpt-a");
+    assert_eq!(h["x-deltallm-route-strategy"], "simple-shuffle");
+    assert_eq!(h["x-deltallm-route-fallback-used"], "false");
+    let overhead: u64 = h["x-deltallm-overhead-us"].to_str().unwrap().parse().unwrap();
+    assert!(overhead < 1_000_000, "overhead {overhead}us");
+    assert_eq!(resp.json::<Value>().await.unwrap(), completion());
+
+    let sent: Value = upstream.received_requests().await.unwrap()[0].body_json().unwrap();
+    assert_eq!(sent["model"], "up-gpt-a", "upstream model id replaces the public name");
+    assert!(sent.get("metadata").is_none(), "client metadata never goes upstream");
+    assert_eq!(sent["temperature"], 0.9, "client value wins over default_params");
+    assert_eq!(sent["top_p"], 0.5, "absent default params are added");
+
+    let (s, summary) = app.get("/ui/api/spend/summary?group_by=model").await;
+    assert_eq!(s, 200);
+    let row = &summary["data"][0];
+    assert_eq!(row["key"], "gpt");
+    assert_eq!(row["requests"], 1);
+    assert_eq!(row["prompt_tokens"], 100);
+    assert!((row["spend"].as_f64().unwrap() - 0.0002).abs() < 1e-12, "{row}");
+    let (_, by_provider) = app.get("/ui/api/spend/summary?group_by=provider").await;
+    assert_eq!(by_provider["data"][0]["key"], "openai");
+    let (s, _) = app.get("/ui/api/spend/summary?group_by=colour").await;
+    assert_eq!(s, 400);
+    app.stop().await;
+});
+
+on_both_backends!(unpriced_and_failed_requests_are_recorded_too, |url: String| async move {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST")).and(path("/v1/embeddings"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "usage": {"prompt_tokens": 3, "total_tokens": 3}})))
+        .mount(&upstream).await;
+    let app = TestApp::start(&url, test_settings()).await;
+    let (s, b) = app.post("/ui/api/models", &json!({"model_name": "emb", "deltallm_params": {"provider": "vllm", "model": "e5", "api_base": format!("{}/v1", upstream.uri())}, "model_info": {"mode": "embedding"}})).await;
+    assert_eq!(s, 200, "{b}");
+    let resp = app
+        .client
+        .post(app.url("/v1/embeddings"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"model": "emb", "input": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["data"][0]["embedding"], json!([0.1, 0.2]));
+    // A chat call on an embedding model is refused before any upstream call (RUN-4).
+    let bad = chat(&app, json!({"model": "emb", "messages": []})).await;
+    assert_eq!(bad.status(), 400);
+    app.gateway.flush_spend().await;
+    let rows = app.gateway.store().recent_spend(10).await.unwrap();
+    let ok = rows.iter().find(|r| r.status == "success").expect("success row");
+    assert_eq!((ok.call_type.as_str(), ok.spend, ok.prompt_tokens), ("embedding", 0.0, 3));
+    assert!(ok.unpriced_reason.is_some());
+    assert_eq!(ok.provider, "vllm");
+    let failed = rows.iter().find(|r| r.status == "failure").expect("failure row");
+    assert_eq!((failed.http_status_code, failed.spend), (400, 0.0));
+    app.stop().await;
+});
+
+on_both_backends!(errors_have_the_openai_shape, |url: String| async move {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/bad/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(
+                json!({"error": {"message": "messages: field required", "type": "invalid_request_error"}}),
+            ),
+        )
+        .mount(&upstream)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/limited/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "7")
+                .set_body_json(json!({"error": {"message": "slow down"}})),
+        )
+        .mount(&upstream)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/down/chat/completions"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("boom: internal stack trace"))
+        .mount(&upstream)
+        .await;
+    let mut settings = test_settings();
+    settings.max_request_body_bytes = 4096;
+    let app = TestApp::start(&url, settings).await;
+    for name in ["bad", "limited", "down"] {
+        add(&app, name, name, "vllm", &format!("{}/{name}", upstream.uri()), json!({})).await;
+    }
+    let (s, b) = app.post("/ui/api/models", &json!({"model_name": "nokey", "deltallm_params": {"provider": "openai", "model": "gpt-4o", "api_base": format!("{}/v1", upstream.uri())}})).await;
+    assert_eq!(s, 200, "{b}");
+
+    let expect = |resp: reqwest::Response, status: u16, ty: &'static str, msg: &'static str| async move {
+        assert_eq!(resp.status().as_u16(), status);
+        let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["type"], ty, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(msg), "{body}");
+        assert!(body["error"].get("code").is_some() && body["error"].get("param").is_some(), "{body}");
+        retry
+    };
+    let raw = |body: &'static str| {
+        app.client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(MASTER_KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    expect(raw("{not json").await.unwrap(), 400, "invalid_request_error", "Invalid JSON").await;
+    expect(raw("[1,2]").await.unwrap(), 400, "invalid_request_error", "JSON object").await;
+    expect(
+        chat(&app, json!({"model": 5, "messages": []})).await,
+        400,
+        "invalid_request_error",
+        "'model' must be a non-empty string",
+    )
+    .await;
+    expect(chat(&app, json!({"messages": []})).await, 400, "invalid_request_error", "'model' is required").await;
+    expect(
+        chat(&app, json!({"model": "bad", "metadata": "x", "messages": []})).await,
+        400,
+        "invalid_request_error",
+        "'metadata' must be an object",
+    )
+    .await;
+    expect(
+        chat(&app, json!({"model": "ghost", "messages": []})).await,
+        404,
+        "model_not_found",
+        "Model 'ghost' is not configured",
+    )
+    .await;
+    let big = json!({"model": "bad", "messages": [{"role": "user", "content": "x".repeat(5000)}]});
+    expect(chat(&app, big).await, 413, "invalid_request_error", "exceeds the 4096-byte limit").await;
+    expect(
+        chat(&app, json!({"model": "nokey", "messages": []})).await,
+        400,
+        "invalid_request_error",
+        "Provider API key is missing for selected model",
+    )
+    .await;
+    expect(
+        chat(&app, json!({"model": "bad", "messages": []})).await,
+        400,
+        "invalid_request_error",
+        "messages: field required",
+    )
+    .await;
+    let retry =
+        expect(chat(&app, json!({"model": "limited", "messages": []})).await, 429, "rate_limit_error", "").await;
+    assert_eq!(retry.as_deref(), Some("7"));
+    let down = chat(&app, json!({"model": "down", "messages": []})).await;
+    assert_eq!(down.status(), 503);
+    let text = down.text().await.unwrap();
+    assert!(text.contains("Provider error: 500") && !text.contains("stack trace"), "{text}");
+    let anon = app.client.post(app.url("/v1/chat/completions")).json(&json!({"model": "bad"})).send().await.unwrap();
+    expect(anon, 401, "authentication_error", "Authentication required").await;
+    app.stop().await;
+});
+
+on_both_backends!(a_failing_deployment_fails_over_and_cools_down, |url: String| async move {
+    let good = MockServer::start().await;
+    let bad = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200).set_body_json(completion())).mount(&good).await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).mount(&bad).await;
+    let app = TestApp::start(&url, test_settings()).await;
+    add(&app, "grp", "grp-good", "vllm", &format!("{}/v1", good.uri()), json!({})).await;
+    add(&app, "grp", "grp-bad", "vllm", &format!("{}/v1", bad.uri()), json!({})).await;
+    for _ in 0..20 {
+        let resp = chat(&app, json!({"model": "grp", "messages": []})).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-deltallm-route-deployment"], "grp-good");
+    }
+    // allowed_fails = 2: the 3rd consecutive failure cools the bad one down, after which it gets nothing.
+    let hits = bad.received_requests().await.unwrap().len();
+    assert_eq!(hits, 3, "the failing deployment is skipped once cooled down");
+    let (_, one) = app.get("/ui/api/models/grp-bad").await;
+    assert_eq!(one["health"]["in_cooldown"], true);
+    assert_eq!(one["healthy"], false);
+    app.stop().await;
+});
+
+/// A one-connection SSE upstream: sends the first chunk, then waits for
+/// `release` before the rest (or closes / idles, per `then`).
+enum Then {
+    Finish,
+    Close,
+    Hang,
+}
+
+async fn sse_upstream(then: Then) -> (String, oneshot::Sender<()>, oneshot::Receiver<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let (closed_tx, closed_rx) = oneshot::channel::<bool>();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut seen = Vec::new();
+        // Read the request head and body (small).
+        loop {
+            let n = sock.read(&mut buf).await.unwrap();
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if seen.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+        let chunk = |c: &str| {
+            let data = format!(
+                "data: {}\n\n",
+                json!({"id": "s", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": c}}]})
+            );
+            format!("{:x}\r\n{}\r\n", data.len(), data)
+        };
+        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        sock.write_all(chunk("Hel").as_bytes()).await.unwrap();
+        match then {
+            Then::Finish => {
+                let _ = release_rx.await;
+                sock.write_all(chunk("lo").as_bytes()).await.unwrap();
+                let done = "data: [DONE]\n\n";
+                sock.write_all(format!("{:x}\r\n{}\r\n0\r\n\r\n", done.len(), done).as_bytes()).await.unwrap();
+                let _ = closed_tx.send(false);
+            }
+            Then::Close => {
+                drop(sock);
+                let _ = closed_tx.send(true);
+            }
+            Then::Hang => {
+                // Wait for the gateway to drop the upstream connection.
+                let closed = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await;
+                let _ = closed_tx.send(matches!(closed, Ok(Ok(0)) | Ok(Err(_))));
+            }
+        }
+    });
+    (base, release_tx, closed_rx)
+}
+
+async fn stream_request(app: &TestApp) -> reqwest::Response {
+    chat(app, json!({"model": "s", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await
+}
+
+on_both_backends!(streaming_forwards_each_chunk_as_it_arrives, |url: String| async move {
+    let (base, release, _closed) = sse_upstream(Then::Finish).await;
+    let app = TestApp::start(&url, test_settings()).await;
+    add(&app, "s", "s-1", "vllm", &base, json!({})).await;
+    let resp = stream_request(&app).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.headers()["cache-control"], "no-cache");
+    let mut body = resp.bytes_stream();
+    // The first chunk reaches the client while the upstream still holds the rest.
+    let first =
+        tokio::time::timeout(Duration::from_secs(5), body.next()).await.expect("first chunk in time").unwrap().unwrap();
+    let first = String::from_utf8(first.to_vec()).unwrap();
+    assert!(first.starts_with("data: ") && first.contains("\"Hel\"") && first.ends_with("\n\n"), "{first:?}");
+    assert!(!first.contains("lo\""));
+    release.send(()).unwrap();
+    let mut rest = String::new();
+    while let Some(chunk) = body.next().await {
+        rest.push_str(&String::from_utf8(chunk.unwrap().to_vec()).unwrap());
+    }
+    assert!(rest.contains("\"lo\""), "{rest}");
+    assert!(rest.ends_with("data: [DONE]\n\n"), "{rest:?}");
+    app.stop().await;
+});
+
+on_both_backends!(a_cut_stream_ends_with_an_error_event, |url: String| async move {
+    let (base, _release, closed) = sse_upstream(Then::Close).await;
+    let app = TestApp::start(&url, test_settings()).await;
+    add(&app, "s", "s-1", "vllm", &base, json!({})).await;
+    let resp = stream_request(&app).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(closed.await.unwrap());
+    assert!(text.contains("\"Hel\""), "{text}");
+    assert!(text.contains("\"code\":\"stream_interrupted\""), "{text}");
+    assert!(!text.contains("[DONE]"), "a cut stream must not look complete: {text}");
+    app.gateway.flush_spend().await;
+    let rows = app.gateway.store().recent_spend(5).await.unwrap();
+    assert_eq!(rows[0].error_type.as_deref(), Some("stream_interrupted"));
+    app.stop().await;
+});
+
+on_both_backends!(a_client_that_leaves_cancels_the_upstream_call, |url: String| async move {
+    let (base, _release, closed) = sse_upstream(Then::Hang).await;
+    let app = TestApp::start(&url, test_settings()).await;
+    add(&app, "s", "s-1", "vllm", &base, json!({})).await;
+    let resp = stream_request(&app).await;
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("Hel"));
+    drop(body);
+    assert!(closed.await.unwrap(), "the gateway closed the upstream connection after the client left");
+    app.gateway.flush_spend().await;
+    let rows = app.gateway.store().recent_spend(5).await.unwrap();
+    assert_eq!(rows[0].status, "client_disconnected");
+    app.stop().await;
+});
