@@ -2,5 +2,6 @@
 //! SQLite and PostgreSQL through `on_both_backends!`.
 
 mod admin_models;
+mod config_bootstrap;
 mod proxy;
 mod validation;
