@@ -516,3 +516,220 @@ pub fn access_group_warning(model_name: &str, lists: &[(String, Vec<String>)]) -
         detail.join("; ")
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn input(v: Value) -> DeploymentInput {
+        DeploymentInput::from_json(&v).expect("shape")
+    }
+
+    fn base() -> Value {
+        json!({"model_name": "m", "deltallm_params": {"provider": "openai", "model": "gpt-4o", "api_base": "https://api.openai.com/v1", "api_key": "k"}})
+    }
+
+    fn with(edit: impl FnOnce(&mut Value)) -> Value {
+        let mut v = base();
+        edit(&mut v);
+        v
+    }
+
+    fn admin(v: Value) -> Result<ValidDeployment> {
+        validate(input(v), None, WriteRules::ADMIN)
+    }
+
+    #[test]
+    fn every_admin_rule_has_its_message() {
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("VAL-3", with(|v| v["model_name"] = json!("")), "model_name is required"),
+            ("VAL-3", with(|v| v["deltallm_params"]["provider"] = json!(" ")), "provider is required"),
+            ("VAL-3", with(|v| v["deltallm_params"]["model"] = json!("")), "deltallm_params.model is required"),
+            ("VAL-3", with(|v| v["deltallm_params"]["api_base"] = Value::Null), "deltallm_params.api_base is required"),
+            (
+                "VAL-2",
+                with(|v| v["model_info"] = json!({"mode": "rerank"})),
+                "Provider 'openai' does not support mode 'rerank'",
+            ),
+            (
+                "VAL-5",
+                with(|v| {
+                    v["deltallm_params"]["provider"] = json!("gemini");
+                    v["deltallm_params"]["auth_header_name"] = json!("X-Key");
+                }),
+                "Custom auth headers are not supported for provider 'gemini'",
+            ),
+            (
+                "VAL-5 unknown",
+                with(|v| {
+                    v["deltallm_params"]["provider"] = json!("acme");
+                    v["deltallm_params"]["auth_header_format"] = json!("{api_key}");
+                }),
+                "Custom auth headers are not supported for provider 'acme'",
+            ),
+            ("VAL-6", with(|v| v["deltallm_params"]["auth_header_name"] = json!("Content-Type")), "Content-Type"),
+            (
+                "VAL-7",
+                with(|v| v["deltallm_params"]["auth_header_format"] = json!("Token {{api_key}}")),
+                "must include the {api_key} placeholder",
+            ),
+            (
+                "VAL-8",
+                with(|v| {
+                    v["deltallm_params"]["chat_batching"] =
+                        json!({"mode": "sync_microbatch", "upstream_max_batch_size": 1})
+                }),
+                "chat_batching.upstream_max_batch_size",
+            ),
+            ("VAL-9", with(|v| v["model_info"] = json!({"access_groups": ["UPPER ok", "x"]})), "Invalid access group"),
+            ("VAL-10", with(|v| v["deltallm_params"]["timeout"] = json!(0)), "deltallm_params.timeout must be >= 1"),
+            (
+                "VAL-10",
+                with(|v| v["deltallm_params"]["weight"] = json!("3")),
+                "deltallm_params.weight must be an integer",
+            ),
+            (
+                "VAL-10",
+                with(|v| v["deltallm_params"]["api_base"] = json!(5)),
+                "deltallm_params.api_base must be a string",
+            ),
+            ("CRED-4", with(|v| v["named_credential_id"] = json!("c1")), "named_credential_id is invalid"),
+        ];
+        for (rule, payload, message) in cases {
+            let err = admin(payload).expect_err(rule).to_string();
+            assert!(err.contains(message), "{rule}: expected '{message}' in '{err}'");
+        }
+    }
+
+    #[test]
+    fn config_rules_infer_provider_and_allow_missing_api_base() {
+        let v = json!({"model_name": "m", "deltallm_params": {"model": "groq/llama-3"}});
+        let ok = validate(input(v.clone()), None, WriteRules::CONFIG).expect("config");
+        assert_eq!(ok.provider, "groq");
+        assert_eq!(admin(v).unwrap_err().to_string(), "provider is required");
+    }
+
+    #[test]
+    fn normalization_edge_2_and_trims() {
+        let ok = admin(json!({
+            "model_name": " m ",
+            "deltallm_params": {"provider": " OpenAI ", "model": " gpt-4o ", "api_base": " https://x/v1 ", "api_version": " ", "api_key": "k"},
+            "model_info": {"access_groups": ["Beta", "support", "beta"]}
+        }))
+        .unwrap();
+        let p = &ok.input.deltallm_params;
+        assert_eq!(ok.input.model_name, "m");
+        assert_eq!(
+            (p["provider"].as_str(), p["model"].as_str(), p["api_base"].as_str()),
+            (Some("openai"), Some("gpt-4o"), Some("https://x/v1"))
+        );
+        assert!(!p.contains_key("api_version"), "blank api_version becomes null");
+        assert_eq!(ok.input.model_info["access_groups"], json!(["beta", "support"]));
+    }
+
+    #[test]
+    fn edge_5_azure_deployment_accepts_azure_openai_credential() {
+        let config = json!({"api_key": "k", "api_base": "https://r.openai.azure.com/openai/v1"});
+        let cred = LinkedCredential { provider: "azure_openai", connection_config: config.as_object().unwrap() };
+        let v = json!({"model_name": "m", "named_credential_id": "c1", "deltallm_params": {"provider": "azure", "model": "dep", "api_key": "inline", "api_base": "https://inline"}});
+        let ok = validate(input(v), Some(cred), WriteRules::ADMIN).expect("azure ≡ azure_openai");
+        assert!(!ok.input.deltallm_params.contains_key("api_key"), "inline connection fields are stripped when linked");
+        assert!(!ok.input.deltallm_params.contains_key("api_base"));
+        let wrong = LinkedCredential { provider: "openai", connection_config: config.as_object().unwrap() };
+        let v = json!({"model_name": "m", "named_credential_id": "c1", "deltallm_params": {"provider": "azure", "model": "dep"}});
+        assert_eq!(
+            validate(input(v), Some(wrong), WriteRules::ADMIN).unwrap_err().to_string(),
+            "Named credential provider does not match deployment provider"
+        );
+    }
+
+    #[test]
+    fn credential_wins_on_overlap() {
+        let params = json!({"api_key": "inline", "api_base": "https://inline", "model": "m", "timeout": 5});
+        let cred = json!({"api_key": "cred", "api_version": "2024-01-01", "api_base": ""});
+        let eff = effective_params(params.as_object().unwrap(), Some(cred.as_object().unwrap()));
+        assert_eq!(eff["api_key"], "cred");
+        assert_eq!(eff["api_version"], "2024-01-01");
+        assert_eq!(eff["api_base"], "https://inline", "an empty credential value does not erase");
+        assert_eq!(eff["timeout"], 5);
+    }
+
+    fn stored() -> Deployment {
+        let now = chrono::Utc::now();
+        Deployment {
+            deployment_id: "d1".into(),
+            model_name: "m".into(),
+            named_credential_id: None,
+            deltallm_params: json!({"provider": "openai", "model": "gpt-4o", "api_key": "old", "api_base": "https://a/v1", "timeout": 5}).as_object().unwrap().clone(),
+            model_info: json!({"mode": "chat", "weight": 3}).as_object().unwrap().clone(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn edge_1_update_keeps_omitted_key_and_drops_it_on_provider_change() {
+        let patch = DeploymentPatch::from_json(&json!({"deltallm_params": {"timeout": null, "rpm": 10}})).unwrap();
+        let merged = patch.apply(&stored());
+        assert_eq!(merged.deltallm_params["api_key"], "old");
+        assert!(!merged.deltallm_params.contains_key("timeout"), "null deletes");
+        assert_eq!(merged.deltallm_params["rpm"], 10);
+        assert_eq!(merged.model_info["weight"], 3, "model_info kept when omitted");
+
+        let patch = DeploymentPatch::from_json(
+            &json!({"deltallm_params": {"provider": "groq"}, "model_info": {"mode": "chat"}}),
+        )
+        .unwrap();
+        let merged = patch.apply(&stored());
+        assert!(!merged.deltallm_params.contains_key("api_key") && !merged.deltallm_params.contains_key("api_base"));
+        assert_eq!(merged.deltallm_params["timeout"], 5, "non-connection fields survive");
+        assert!(!merged.model_info.contains_key("weight"), "sent model_info replaces wholesale");
+
+        let patch = DeploymentPatch::from_json(&json!({"named_credential_id": "c9"})).unwrap();
+        assert_eq!(patch.apply(&stored()).named_credential_id.as_deref(), Some("c9"));
+        let unlink = DeploymentPatch::from_json(&json!({"named_credential_id": ""})).unwrap();
+        let mut linked = stored();
+        linked.named_credential_id = Some("c9".into());
+        assert_eq!(unlink.apply(&linked).named_credential_id, None);
+    }
+
+    #[test]
+    fn derived_values_follow_dep_7() {
+        let mut d = stored();
+        assert_eq!(d.weight(), 3);
+        d.model_info.remove("weight");
+        d.deltallm_params.insert("weight".into(), json!(0));
+        assert_eq!(d.weight(), 1, "0 becomes 1");
+        d.model_info.insert("rpm_limit".into(), json!(7));
+        d.deltallm_params.insert("rpm".into(), json!(99));
+        d.deltallm_params.insert("tpm".into(), json!(1000));
+        assert_eq!((d.rpm_limit(), d.tpm_limit()), (Some(7), Some(1000)));
+        assert_eq!(d.priority(), 0);
+    }
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let shown = format!("{:?}", stored());
+        assert!(!shown.contains("old") && shown.contains("***REDACTED***"), "{shown}");
+        let shown = format!("{:?}", input(base()));
+        assert!(!shown.contains("\"k\""), "{shown}");
+    }
+
+    #[test]
+    fn dep_3_warning_only_when_lists_differ() {
+        let same = vec![("a".to_owned(), vec!["x".to_owned()]), ("b".to_owned(), vec!["x".to_owned()])];
+        assert!(access_group_warning("m", &same).is_none());
+        let differ = vec![("a".to_owned(), vec!["x".to_owned()]), ("b".to_owned(), vec![])];
+        let w = access_group_warning("m", &differ).unwrap();
+        assert!(w.contains("'m'") && w.contains("a: [x]") && w.contains("b: []"), "{w}");
+    }
+
+    #[test]
+    fn generated_ids_are_name_plus_8_hex() {
+        let id = generate_id("gpt-4o");
+        let hex = id.strip_prefix("gpt-4o-").unwrap();
+        assert!(hex.len() == 8 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+}
