@@ -347,7 +347,7 @@ on_both_backends!(streaming_forwards_each_chunk_as_it_arrives, |url: String| asy
     release.send(()).unwrap();
     let mut rest = String::new();
     while let Some(chunk) = body.next().await {
-        rest.push_str(&String::from_utf8(chunk.unwrap().to_vec()).unwrap());
+        rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
     }
     assert!(rest.contains("\"lo\""), "{rest}");
     assert!(rest.ends_with("data: [DONE]\n\n"), "{rest:?}");

@@ -1,6 +1,9 @@
 //! Configuration loading (CFG-1..3) and key resolution, in isolated jails
 //! (own working directory and environment per test).
 
+// figment's `Jail` fixes the closure error type to its own (large) `figment::Error`.
+#![allow(clippy::result_large_err)]
+
 use deltallm_bootstrap::config::load;
 use deltallm_bootstrap::keys::resolve;
 use figment::Jail;

@@ -140,8 +140,8 @@ pub struct ProxyResponse {
 pub struct ProxyError {
     /// Client-facing error.
     pub error: Error,
-    /// Route decision, when a deployment was selected.
-    pub route: Option<RouteDecision>,
+    /// Route decision, when a deployment was selected (boxed: errors stay small).
+    pub route: Option<Box<RouteDecision>>,
     /// Time the gateway itself added.
     pub overhead: Duration,
 }
@@ -412,7 +412,7 @@ impl Gateway {
                             // 4xx other than 429, invalid requests: answer now, no failover (RUN-10).
                             return Err(ProxyError {
                                 error: client_error,
-                                route: Some(decision(&member.meta.deployment_id, attempts)),
+                                route: Some(Box::new(decision(&member.meta.deployment_id, attempts))),
                                 overhead: started.elapsed().saturating_sub(upstream_time),
                             });
                         }
@@ -439,7 +439,7 @@ impl Gateway {
         });
         Err(ProxyError {
             error,
-            route: Some(decision(&selected, attempts)),
+            route: Some(Box::new(decision(&selected, attempts))),
             overhead: started.elapsed().saturating_sub(upstream_time),
         })
     }

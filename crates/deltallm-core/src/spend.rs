@@ -202,7 +202,7 @@ impl SpendContext {
         SpendRecord {
             deployment_id: route.map(|r| r.served.to_string()),
             provider: provider.unwrap_or_else(|| "unknown".into()),
-            metadata: route.map(route_metadata).unwrap_or_else(|| "{}".into()),
+            metadata: route.map(|r| route_metadata(r)).unwrap_or_else(|| "{}".into()),
             status: "failure".into(),
             http_status_code: i32::from(error.error.kind.status()),
             error_type: Some(error.error.kind.openai_type().to_owned()),

@@ -30,7 +30,7 @@ pub fn routes() -> Router<Gateway> {
         ("/rerank", Endpoint::Rerank),
     ] {
         let handler = move |state: State<Gateway>, req: Request| proxy_json(state, endpoint, req);
-        r = r.route(&format!("/v1{path}"), post(handler.clone())).route(path, post(handler));
+        r = r.route(&format!("/v1{path}"), post(handler)).route(path, post(handler));
     }
     r.route("/v1/audio/transcriptions", post(transcription)).route("/audio/transcriptions", post(transcription))
 }
