@@ -3,27 +3,66 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use deltallm_bootstrap::rotate::{self, NewKeySource};
 use deltallm_bootstrap::{prepare, serve, telemetry};
 use deltallm_core::Gateway;
 
 const USAGE: &str = "usage: deltallm-gateway [--config PATH]
+       deltallm-gateway rotate-key [--config PATH] (--new-salt-key-env NAME | --new-salt-key-file PATH)
 
 Runs the DeltaLLM gateway. Settings come from the YAML file (--config,
 DELTALLM_CONFIG_PATH, or ./config.yaml if present), then DELTALLM_* variables.
-With no database configured it keeps its data in ./deltallm-data (SQLite).";
+With no database configured it keeps its data in ./deltallm-data (SQLite).
 
-fn parse_args() -> Result<Option<PathBuf>, String> {
-    let mut args = std::env::args().skip(1);
+rotate-key re-encrypts every stored secret under a new salt key, read from the
+named environment variable or file (never from the command line). See
+docs/credentials.md for the no-downtime procedure.";
+
+enum Command {
+    Serve(Option<PathBuf>),
+    RotateKey(Option<PathBuf>, NewKeySource),
+}
+
+fn parse_args() -> Result<Command, String> {
+    let mut args = std::env::args().skip(1).peekable();
+    let rotate = args.next_if(|a| a == "rotate-key").is_some();
     let mut config = None;
+    let mut source = None;
     while let Some(arg) = args.next() {
+        let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
         match arg.as_str() {
-            "--config" | "-c" => config = Some(PathBuf::from(args.next().ok_or("--config needs a path")?)),
+            "--config" | "-c" => config = Some(PathBuf::from(value("--config")?)),
             s if s.starts_with("--config=") => config = Some(PathBuf::from(&s["--config=".len()..])),
+            "--new-salt-key-env" if rotate => source = Some(NewKeySource::Env(value(&arg)?)),
+            "--new-salt-key-file" if rotate => source = Some(NewKeySource::File(PathBuf::from(value(&arg)?))),
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
-    Ok(config)
+    match (rotate, source) {
+        (false, _) => Ok(Command::Serve(config)),
+        (true, Some(source)) => Ok(Command::RotateKey(config, source)),
+        (true, None) => Err("rotate-key needs --new-salt-key-env NAME or --new-salt-key-file PATH".into()),
+    }
+}
+
+async fn rotate_key(config: Option<PathBuf>, source: NewKeySource) -> anyhow::Result<()> {
+    let new_key = rotate::read_new_key(&source)?;
+    let report = rotate::rotate_key(config, new_key).await?;
+    println!("{report}");
+    if report.skipped > 0 {
+        println!("{} record(s) were rewritten concurrently by a gateway and already use its key", report.skipped);
+    }
+    match &report.rewrote_key_file {
+        Some(path) => println!(
+            "{} now holds the new key (old key kept in salt_key.previous); restart the gateway to use it",
+            path.display()
+        ),
+        None => println!(
+            "set DELTALLM_SALT_KEY to the new key on every replica, then remove the old key from previous_salt_keys"
+        ),
+    }
+    Ok(())
 }
 
 async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
@@ -38,7 +77,7 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let config = match parse_args() {
+    let command = match parse_args() {
         Ok(c) => c,
         Err(msg) => {
             if !msg.is_empty() {
@@ -56,7 +95,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let outcome = match command {
+        Command::Serve(config) => runtime.block_on(run(config)),
+        Command::RotateKey(config, source) => runtime.block_on(rotate_key(config, source)),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

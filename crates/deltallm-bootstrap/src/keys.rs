@@ -22,7 +22,14 @@ pub struct ResolvedKeys {
     pub previous_salt_keys: Vec<SecretString>,
     /// Database URL.
     pub database_url: String,
+    /// The data-directory file the salt key was read from (embedded default
+    /// without an explicit key); `rotate-key` rewrites it.
+    pub salt_key_file: Option<PathBuf>,
 }
+
+/// Backup of the salt key a rotation replaced, next to `salt_key`. It is read
+/// as a previous key, so a rotation interrupted after the file swap still starts.
+pub const PREVIOUS_SALT_KEY_FILE: &str = "salt_key.previous";
 
 /// CFG-2 master key rule: ≥ 32 characters with letters and digits.
 pub fn check_master_key(key: &str) -> Result<(), Error> {
@@ -58,6 +65,26 @@ fn generate_master_key() -> String {
     }
 }
 
+/// Write a key file with mode 0600, replacing it atomically (temp file + rename).
+pub(crate) fn write_key_file(path: &Path, value: &str) -> Result<(), Error> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(|e| Error::Io(format!("cannot create {}: {e}", tmp.display())))?;
+    f.write_all(value.as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(|e| Error::Io(format!("cannot replace {}: {e}", path.display())))
+}
+
 /// Read a key file, or create it with a fresh value (mode 0600).
 fn read_or_create(path: &Path, generate: impl FnOnce() -> String) -> Result<(String, bool), Error> {
     match fs::read_to_string(path) {
@@ -90,7 +117,12 @@ pub fn resolve(loaded: &LoadedConfig) -> Result<ResolvedKeys, Error> {
     let g = &loaded.config.general_settings;
     let database_url =
         g.database_url.clone().or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.trim().is_empty()));
-    let previous_salt_keys = g.previous_salt_keys.iter().cloned().map(SecretString::new).collect();
+    let mut previous_salt_keys: Vec<SecretString> =
+        g.previous_salt_keys.iter().cloned().map(SecretString::new).collect();
+    // Comma-separated, for replicas rolled during a rotation without a config change.
+    if let Ok(list) = std::env::var("DELTALLM_PREVIOUS_SALT_KEYS") {
+        previous_salt_keys.extend(list.split(',').map(str::trim).filter(|k| !k.is_empty()).map(SecretString::new));
+    }
     let explicit_master = g.master_key.clone();
     let explicit_salt = g.salt_key.clone();
     if let Some(k) = &explicit_master {
@@ -119,15 +151,24 @@ pub fn resolve(loaded: &LoadedConfig) -> Result<ResolvedKeys, Error> {
                 salt_key: SecretString::new(explicit_salt.unwrap_or_default()),
                 previous_salt_keys,
                 database_url: url,
+                salt_key_file: None,
             })
         }
         url => {
             let data_dir = loaded.config.server.data_dir.clone();
+            let salt_key_file = explicit_salt.is_none().then(|| data_dir.join("salt_key"));
             let (master, salt) = embedded_keys(&data_dir, explicit_master, explicit_salt)?;
+            if salt_key_file.is_some()
+                && let Ok(old) = fs::read_to_string(data_dir.join(PREVIOUS_SALT_KEY_FILE))
+                && !old.trim().is_empty()
+            {
+                previous_salt_keys.push(SecretString::new(old.trim()));
+            }
             Ok(ResolvedKeys {
                 master_key: Some(SecretString::new(master)),
                 salt_key: SecretString::new(salt),
                 previous_salt_keys,
+                salt_key_file,
                 database_url: match url {
                     Some(u) => u,
                     None => {

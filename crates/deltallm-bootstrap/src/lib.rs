@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod keys;
+pub mod rotate;
 pub mod serve;
 pub mod telemetry;
 
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use deltallm_core::GatewaySettings;
+use deltallm_domain::SecretString;
 use deltallm_migration::{Migrator, MigratorTrait};
 use deltallm_secrets::{Key, KeyRing};
 use deltallm_storage::Store;
@@ -66,17 +68,20 @@ pub async fn connect_store(url: &str, ring: KeyRing) -> Result<Store, Error> {
     Ok(store)
 }
 
+/// A ring sealing with `current` and opening `previous` keys too.
+pub fn key_ring(current: &SecretString, previous: &[SecretString]) -> Result<KeyRing, Error> {
+    let derive = |k: &SecretString| Key::derive(k.expose()).map_err(|e| Error::Config(e.to_string()));
+    let current = derive(current)?;
+    let previous = previous.iter().map(derive).collect::<Result<Vec<_>, _>>()?;
+    Ok(KeyRing::with_previous(current, previous))
+}
+
 /// Load settings, resolve keys (generating them for the embedded default),
 /// connect and migrate.
 pub async fn prepare(config_path: Option<PathBuf>) -> Result<Prepared, Error> {
     let loaded = config::load(config_path)?;
     let keys = keys::resolve(&loaded)?;
-    let mut previous = Vec::new();
-    for old in &keys.previous_salt_keys {
-        previous.push(Key::derive(old.expose()).map_err(|e| Error::Config(e.to_string()))?);
-    }
-    let current = Key::derive(keys.salt_key.expose()).map_err(|e| Error::Config(e.to_string()))?;
-    let ring = KeyRing::with_previous(current, previous);
+    let ring = key_ring(&keys.salt_key, &keys.previous_salt_keys)?;
     let store = connect_store(&keys.database_url, ring).await?;
     let listen = loaded.listen_addr()?;
     let settings = loaded.gateway_settings(keys.master_key.clone())?;

@@ -25,12 +25,12 @@ pub fn routes() -> Router<Gateway> {
         .route("/ui/api/spend/summary", get(spend_summary))
 }
 
-fn require_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), AdminError> {
+pub(crate) fn require_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), AdminError> {
     gw.check_master_key(presented_key(headers)).map_err(AdminError)
 }
 
 /// Decode a JSON body; malformed JSON is a 422 (CONV-1).
-fn json_body(bytes: &Bytes) -> Result<Value, AdminError> {
+pub(crate) fn json_body(bytes: &Bytes) -> Result<Value, AdminError> {
     serde_json::from_slice(bytes)
         .map_err(|e| AdminError(Error::new(ApiErrorKind::Unprocessable, format!("Malformed JSON body: {e}"))))
 }

@@ -6,6 +6,7 @@
 //! routes). No business rule lives here; no database or provider crate is imported.
 
 mod admin;
+mod admin_credentials;
 mod auth;
 mod error;
 mod health;
@@ -23,6 +24,7 @@ pub fn app(gateway: Gateway) -> Router {
     Router::new()
         .merge(openai::routes())
         .merge(admin::routes())
+        .merge(admin_credentials::routes())
         .merge(health::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gateway)

@@ -127,7 +127,7 @@ pub struct HealthCheckResult {
     pub checked_at: DateTime<Utc>,
 }
 
-fn summary(provider_key: &str, params: &Map<String, Value>) -> ConnectionSummary {
+pub(crate) fn summary(provider_key: &str, params: &Map<String, Value>) -> ConnectionSummary {
     let mut s = ConnectionSummary {
         api_base: str_field(params, "api_base").map(str::to_owned),
         api_version: str_field(params, "api_version").map(str::to_owned),
