@@ -3,5 +3,6 @@
 
 mod admin_models;
 mod config_bootstrap;
+mod endpoints;
 mod proxy;
 mod validation;

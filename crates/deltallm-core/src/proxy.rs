@@ -197,8 +197,9 @@ impl Gateway {
         };
         let mode = entry.mode();
         if mode != endpoint.mode() {
+            let article = if mode.as_str().starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
             return Err(Error::invalid(format!(
-                "Model '{model}' is a {mode} model and cannot serve {}",
+                "Model '{model}' is {article} {mode} model and cannot serve {}",
                 endpoint.path()
             ))
             .with_param("model"));

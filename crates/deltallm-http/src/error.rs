@@ -45,7 +45,7 @@ impl IntoResponse for ProxyError {
                 "message": e.message,
                 "type": e.kind.openai_type(),
                 "param": e.param,
-                "code": e.code.map(str::to_owned).unwrap_or_else(|| e.kind.status().to_string()),
+                "code": e.code,
             }
         });
         let mut resp = (status(&e), Json(body)).into_response();
