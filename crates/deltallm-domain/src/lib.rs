@@ -14,8 +14,10 @@ pub mod deployment;
 pub mod error;
 pub mod model_info;
 pub mod params;
+pub mod policy;
 pub mod provider;
 pub mod redaction;
+pub mod route_group;
 pub mod secret;
 pub mod settings;
 

@@ -114,6 +114,12 @@ mod tests {
     }
 
     #[test]
+    fn names_match_the_domain_list() {
+        // Domain validation (route groups, policies) accepts exactly these names.
+        assert_eq!(Strategy::NAMES, deltallm_domain::settings::ROUTING_STRATEGIES);
+    }
+
+    #[test]
     fn unknown_name_has_helpful_message() {
         let err = "round-robin".parse::<Strategy>().unwrap_err();
         let msg = err.to_string();
