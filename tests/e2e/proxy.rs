@@ -137,7 +137,7 @@ on_both_backends!(errors_have_the_openai_shape, |url: String| async move {
         .and(path("/bad/chat/completions"))
         .respond_with(
             ResponseTemplate::new(400).set_body_json(
-                json!({"error": {"message": "messages: field required", "type": "invalid_request_error"}}),
+                json!({"error": {"message": "messages: field required", "type": "invalid_request_error", "param": "messages", "code": "missing_field"}}),
             ),
         )
         .mount(&upstream)
@@ -215,13 +215,15 @@ on_both_backends!(errors_have_the_openai_shape, |url: String| async move {
         "Provider API key is missing for selected model",
     )
     .await;
-    expect(
-        chat(&app, json!({"model": "bad", "messages": []})).await,
-        400,
-        "invalid_request_error",
-        "messages: field required",
-    )
-    .await;
+    let upstream_400 = chat(&app, json!({"model": "bad", "messages": []})).await;
+    assert_eq!(upstream_400.status(), 400);
+    let body: Value = upstream_400.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "messages: field required");
+    assert_eq!(
+        (body["error"]["param"].as_str(), body["error"]["code"].as_str()),
+        (Some("messages"), Some("missing_field")),
+        "upstream code/param passed on"
+    );
     let retry =
         expect(chat(&app, json!({"model": "limited", "messages": []})).await, 429, "rate_limit_error", "").await;
     assert_eq!(retry.as_deref(), Some("7"));

@@ -1,5 +1,6 @@
 //! The core error: a public kind, a user-facing message, and nothing internal.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use deltallm_domain::ApiErrorKind;
@@ -14,9 +15,9 @@ pub struct Error {
     /// User-facing message.
     pub message: String,
     /// OpenAI `code` (e.g. `no_healthy_deployments`).
-    pub code: Option<&'static str>,
+    pub code: Option<Cow<'static, str>>,
     /// OpenAI `param`.
-    pub param: Option<&'static str>,
+    pub param: Option<Cow<'static, str>>,
     /// `Retry-After` for 429s.
     pub retry_after: Option<Duration>,
 }
@@ -44,13 +45,13 @@ impl Error {
 
     /// Attach an OpenAI error code.
     pub fn with_code(mut self, code: &'static str) -> Self {
-        self.code = Some(code);
+        self.code = Some(Cow::Borrowed(code));
         self
     }
 
     /// Attach an OpenAI error param.
     pub fn with_param(mut self, param: &'static str) -> Self {
-        self.param = Some(param);
+        self.param = Some(Cow::Borrowed(param));
         self
     }
 }

@@ -165,7 +165,15 @@ struct Metadata<'a> {
 }
 
 fn provider_error(e: &deltallm_providers::Error) -> Error {
-    Error { kind: e.api_kind(), message: e.client_message(), code: None, param: None, retry_after: e.retry_after }
+    // Plain upstream 4xx keep their OpenAI `code`/`param` so SDK users see what the upstream said.
+    let fields = e.upstream_fields.as_deref();
+    Error {
+        kind: e.api_kind(),
+        message: e.client_message(),
+        code: fields.and_then(|f| f.code.clone()).map(Cow::Owned),
+        param: fields.and_then(|f| f.param.clone()).map(Cow::Owned),
+        retry_after: e.retry_after,
+    }
 }
 
 /// Units consumed, from the upstream usage and the request.

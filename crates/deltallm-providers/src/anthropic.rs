@@ -282,6 +282,7 @@ pub(crate) fn invalid_response(e: &serde_json::Error) -> Error {
         status: Some(502),
         message: format!("Invalid response body from upstream: {e}"),
         retry_after: None,
+        upstream_fields: None,
     }
 }
 

@@ -64,22 +64,52 @@ pub struct Error {
     pub message: String,
     /// Upstream `Retry-After` (seconds or HTTP date), when sent.
     pub retry_after: Option<Duration>,
+    /// The upstream's `error.code` and `error.param` on a plain 4xx, passed on
+    /// to clients so OpenAI SDK users see the same fields as upstream.
+    pub upstream_fields: Option<Box<UpstreamFields>>,
+}
+
+/// `code` and `param` of an upstream OpenAI-style error.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamFields {
+    /// `error.code`.
+    pub code: Option<String>,
+    /// `error.param`.
+    pub param: Option<String>,
 }
 
 impl Error {
     /// A local rejection (400) with a user-facing message.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self { class: ErrorClass::InvalidRequest, status: None, message: message.into(), retry_after: None }
+        Self {
+            class: ErrorClass::InvalidRequest,
+            status: None,
+            message: message.into(),
+            retry_after: None,
+            upstream_fields: None,
+        }
     }
 
     /// A deadline or read timeout.
     pub fn timeout(message: impl Into<String>) -> Self {
-        Self { class: ErrorClass::Timeout, status: None, message: message.into(), retry_after: None }
+        Self {
+            class: ErrorClass::Timeout,
+            status: None,
+            message: message.into(),
+            retry_after: None,
+            upstream_fields: None,
+        }
     }
 
     /// A connection-level failure.
     pub fn transport(message: impl Into<String>) -> Self {
-        Self { class: ErrorClass::Transport, status: None, message: message.into(), retry_after: None }
+        Self {
+            class: ErrorClass::Transport,
+            status: None,
+            message: message.into(),
+            retry_after: None,
+            upstream_fields: None,
+        }
     }
 
     /// RUN-11 default retry set: timeouts, transport failures, 408/429/502/503/504.
@@ -145,7 +175,10 @@ impl Error {
             }
         };
         let retry_after = if status == 429 || status == 503 { retry_after(headers, SystemTime::now()) } else { None };
-        Self { class, status: Some(status), message, retry_after }
+        let upstream_fields = (class == ErrorClass::UpstreamClient
+            && (detail.code_field.is_some() || detail.param.is_some()))
+        .then(|| Box::new(UpstreamFields { code: detail.code_field.clone(), param: detail.param.clone() }));
+        Self { class, status: Some(status), message, retry_after, upstream_fields }
     }
 
     /// Classify a reqwest failure. The URL is stripped first: it may carry a
@@ -198,6 +231,10 @@ struct ErrorDetail {
     message: Option<String>,
     code: String,
     kind: String,
+    /// `error.code` when it is a non-empty string.
+    code_field: Option<String>,
+    /// `error.param` when it is a non-empty string.
+    param: Option<String>,
 }
 
 impl ErrorDetail {
@@ -225,6 +262,10 @@ impl ErrorDetail {
                 out.message = obj.get("message").map(text_of).filter(|m| !m.is_empty());
                 out.code = obj.get("code").map(text_of).unwrap_or_default();
                 out.kind = obj.get("type").or_else(|| obj.get("status")).map(text_of).unwrap_or_default();
+                let string_of =
+                    |k: &str| obj.get(k).and_then(|v| v.as_str()).filter(|v| !v.is_empty()).map(|v| truncate(v, 200));
+                out.code_field = string_of("code");
+                out.param = string_of("param");
             }
             Some(serde_json::Value::String(s)) => out.message = Some(s),
             _ => {}

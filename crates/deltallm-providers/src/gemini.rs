@@ -177,6 +177,7 @@ pub(crate) fn response(conn: &Connection, body: &[u8]) -> Result<(Bytes, Usage)>
             status: Some(400),
             message: format!("Gemini blocked the prompt by its safety system ({reason})"),
             retry_after: None,
+            upstream_fields: None,
         });
     }
     let choices: Vec<Value> = resp

@@ -26,7 +26,7 @@ mod usage;
 pub use body::RequestBody;
 pub use client::{FormField, FormValue, HttpSettings, Probe, Providers, Reply};
 pub use connection::Connection;
-pub use error::{Error, ErrorClass, Result};
+pub use error::{Error, ErrorClass, Result, UpstreamFields};
 pub use operation::Operation;
 pub use sse::{ChatStream, StreamUsage};
 pub use usage::Usage;
