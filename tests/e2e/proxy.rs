@@ -388,3 +388,29 @@ on_both_backends!(a_client_that_leaves_cancels_the_upstream_call, |url: String| 
     assert_eq!(rows[0].status, "client_disconnected");
     app.stop().await;
 });
+
+on_both_backends!(an_upstream_that_echoes_the_key_cannot_leak_it, |url: String| async move {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(
+            json!({"error": {"message": "Incorrect API key provided: sk-echo-canary-0001", "type": "invalid_request_error"}}),
+        ))
+        .mount(&upstream)
+        .await;
+    let app = TestApp::start(&url, test_settings()).await;
+    let (s, b) = app
+        .post(
+            "/ui/api/models",
+            &json!({"model_name": "echo", "deployment_id": "echo", "deltallm_params": {"provider": "openai", "model": "gpt-4o", "api_base": format!("{}/v1", upstream.uri()), "api_key": "sk-echo-canary-0001"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let resp = chat(&app, json!({"model": "echo", "messages": []})).await;
+    assert_eq!(resp.status(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("sk-echo-canary-0001"), "{text}");
+    assert!(text.contains("Incorrect API key provided: ***REDACTED***"), "{text}");
+    let (_, probe) = app.post("/ui/api/models/echo/health-check", &json!({})).await;
+    assert!(!probe.to_string().contains("sk-echo-canary-0001"), "{probe}");
+    app.stop().await;
+});

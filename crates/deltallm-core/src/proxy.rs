@@ -408,6 +408,7 @@ impl Gateway {
                         });
                     }
                     Err(e) => {
+                        let e = conn.scrub(e);
                         drop(guard);
                         let health_affecting = e.health_affecting();
                         if health_affecting

@@ -104,6 +104,10 @@ pub(crate) fn framed(
         match state.upstream.next().await {
             Some(Ok(chunk)) => Some((frame(&chunk), Some(state))),
             Some(Err(e)) => {
+                let e = match state.deployment.connection.as_ref() {
+                    Some(conn) => conn.scrub(e),
+                    None => e,
+                };
                 // The stream was cut after bytes were sent: it cannot fail over,
                 // but it does count against the deployment's health.
                 state.deployment.state.record_failure(&e.message, &state.gateway.inner.cooldown, UnixMs::now());

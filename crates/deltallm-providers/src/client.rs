@@ -138,6 +138,16 @@ impl Providers {
         body: &RequestBody<'_>,
         deadline: Option<Duration>,
     ) -> Result<Reply> {
+        self.call_inner(conn, op, body, deadline).await.map_err(|e| conn.scrub(e))
+    }
+
+    async fn call_inner(
+        &self,
+        conn: &Connection,
+        op: Operation,
+        body: &RequestBody<'_>,
+        deadline: Option<Duration>,
+    ) -> Result<Reply> {
         let stream = body.stream() && op.is_chat_family();
         let (wire, payload) = prepare(conn, op, body, stream)?;
         let url = conn.url(op).ok_or_else(|| unsupported(conn, op))?;

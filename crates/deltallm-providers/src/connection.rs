@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deltallm_domain::SecretString;
 use deltallm_domain::params::str_field;
 use deltallm_domain::provider::{self, WireFamily};
 use deltallm_domain::{Error as DomainError, auth_header};
@@ -58,6 +59,9 @@ pub struct Connection {
     defaults: Arc<[(Box<str>, Box<RawValue>)]>,
     rename_max_tokens: bool,
     bedrock_ready: bool,
+    /// Secret values of this connection (api key, aws_*), kept only to scrub
+    /// them from upstream error text: some upstreams echo the key they got.
+    secrets: Arc<[SecretString]>,
 }
 
 impl fmt::Debug for Connection {
@@ -176,6 +180,13 @@ impl Connection {
             && str_field(params, "aws_secret_access_key").is_some()
             && region.is_some();
         let model_json = serde_json::to_string(upstream_model).map_err(|e| DomainError::invalid(e.to_string()))?;
+        let secrets: Vec<SecretString> = ["api_key", "aws_access_key_id", "aws_secret_access_key", "aws_session_token"]
+            .iter()
+            .filter_map(|k| str_field(params, k))
+            // Very short values would mask ordinary words; real keys are long.
+            .filter(|v| v.len() >= 8)
+            .map(SecretString::new)
+            .collect();
 
         Ok(Connection {
             provider: provider_name.into(),
@@ -192,7 +203,19 @@ impl Connection {
             defaults: defaults.into(),
             rename_max_tokens,
             bedrock_ready,
+            secrets: secrets.into(),
         })
+    }
+
+    /// Replace this connection's secret values in an error's text with the
+    /// mask, so an upstream that echoes a key cannot leak it to clients or logs.
+    pub fn scrub(&self, mut err: crate::Error) -> crate::Error {
+        for secret in self.secrets.iter() {
+            if err.message.contains(secret.expose()) {
+                err.message = err.message.replace(secret.expose(), deltallm_domain::secret::REDACTED);
+            }
+        }
+        err
     }
 
     /// DEP-8 upstream model id.

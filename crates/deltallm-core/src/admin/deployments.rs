@@ -336,7 +336,10 @@ impl Gateway {
             }
             Some(conn) => match self.providers().probe(conn, PROBE_DEADLINE).await {
                 Ok(p) => (true, p.message, p.status),
-                Err(e) => (false, e.client_message(), e.status),
+                Err(e) => {
+                    let e = conn.scrub(e);
+                    (false, e.client_message(), e.status)
+                }
             },
         };
         let now = UnixMs::now();
