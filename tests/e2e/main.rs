@@ -3,6 +3,7 @@
 
 mod admin_models;
 mod config_bootstrap;
+mod credentials;
 mod endpoints;
 mod proxy;
 mod validation;
