@@ -12,6 +12,7 @@ mod credentials;
 mod deployments;
 mod error;
 mod keys;
+mod route_groups;
 mod spend;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub use credentials::{LinkedDeployment, Reencrypted};
 pub use deployments::DeploymentQuery;
 pub use error::{Error, Result};
 pub use keys::UnreadableSecrets;
+pub use route_groups::RouteGroupSnapshot;
 pub use spend::{SpendGroupBy, SpendRecord, SpendSummaryRow};
 
 /// Database handle plus the key ring that seals secrets.
@@ -38,12 +40,14 @@ impl Store {
         let mut opts = ConnectOptions::new(url.to_owned());
         // SQL statement logging would be noise at info level and could echo values.
         opts.sqlx_logging(false).max_connections(if url.starts_with("sqlite") { 4 } else { 16 });
+        // Per-connection SQLite settings: every pooled connection enforces foreign
+        // keys and waits for a busy writer; WAL lets readers run beside the spend writer.
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.foreign_keys(true)
+                .busy_timeout(std::time::Duration::from_secs(5))
+                .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+        });
         let db = Database::connect(opts).await?;
-        if url.starts_with("sqlite") {
-            use sea_orm::ConnectionTrait;
-            // WAL lets readers proceed while the spend writer commits; FKs are off by default in SQLite.
-            db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;").await?;
-        }
         Ok(Self { db, keys: Arc::new(keys) })
     }
 
