@@ -9,7 +9,7 @@ use std::time::Duration;
 use deltallm_core::{DeploymentSource, GatewaySettings};
 use deltallm_domain::SecretString;
 use deltallm_domain::deployment::DeploymentInput;
-use deltallm_domain::settings::RouterSettings;
+use deltallm_domain::settings::{RouterSettings, merge_fallbacks};
 use figment::Figment;
 use figment::providers::{Env, Format, Yaml};
 use serde::Deserialize;
@@ -86,6 +86,8 @@ pub struct GeneralSettings {
     pub openai_base_url: Option<String>,
     /// Batch API switch (the Batch API is not part of this build yet).
     pub embeddings_batch_enabled: bool,
+    /// Failover steps kept for `/health/fallback-events` (RUN-10).
+    pub failover_event_history_size: usize,
 }
 
 impl Default for GeneralSettings {
@@ -110,6 +112,7 @@ impl Default for GeneralSettings {
             openai_api_key: None,
             openai_base_url: None,
             embeddings_batch_enabled: false,
+            failover_event_history_size: core.failover_event_history_size,
         }
     }
 }
@@ -285,7 +288,22 @@ impl LoadedConfig {
         if g.max_request_body_bytes == 0 {
             return Err(Error::Config("general_settings.max_request_body_bytes must be > 0".into()));
         }
+        let strategy = self.config.router_settings.routing_strategy.trim();
+        if !deltallm_domain::settings::ROUTING_STRATEGIES.contains(&strategy) {
+            return Err(Error::Config(format!(
+                "router_settings.routing_strategy '{strategy}' is not a routing strategy; use one of {}",
+                deltallm_domain::settings::ROUTING_STRATEGIES.join(", ")
+            )));
+        }
+        let d = &self.config.deltallm_settings;
+        let fallbacks = |list: &[Value], field: &str| {
+            merge_fallbacks(list, &format!("deltallm_settings.{field}")).map_err(|e| Error::Config(e.to_string()))
+        };
         Ok(GatewaySettings {
+            fallbacks: fallbacks(&d.fallbacks, "fallbacks")?,
+            context_window_fallbacks: fallbacks(&d.context_window_fallbacks, "context_window_fallbacks")?,
+            content_policy_fallbacks: fallbacks(&d.content_policy_fallbacks, "content_policy_fallbacks")?,
+            failover_event_history_size: g.failover_event_history_size.max(1),
             master_key,
             router: self.config.router_settings.clone(),
             openai_api_key: g.openai_api_key.clone().map(SecretString::new),

@@ -154,3 +154,34 @@ fn shared_database_requires_explicit_keys() {
         Ok(())
     });
 }
+
+#[test]
+fn fallback_lists_reach_the_core_and_strategy_typos_fail() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.yaml",
+            r#"
+router_settings:
+  routing_strategy: least-busy
+deltallm_settings:
+  fallbacks: [{gpt: [claude]}, {gpt: [llama, claude]}]
+  context_window_fallbacks: [{gpt: [gpt-long]}]
+  content_policy_fallbacks: [{gpt: [local]}]
+general_settings:
+  failover_event_history_size: 7
+"#,
+        )?;
+        let s = load(None).unwrap().gateway_settings(None).unwrap();
+        assert_eq!(s.fallbacks["gpt"], ["llama", "claude"], "later entry wins");
+        assert_eq!(s.context_window_fallbacks["gpt"], ["gpt-long"]);
+        assert_eq!(s.content_policy_fallbacks["gpt"], ["local"]);
+        assert_eq!(s.failover_event_history_size, 7);
+        jail.create_file("config.yaml", "router_settings:\n  routing_strategy: round-robin\n")?;
+        let e = err_of(load(None).unwrap().gateway_settings(None));
+        assert!(e.contains("round-robin") && e.contains("simple-shuffle"), "{e}");
+        jail.create_file("config.yaml", "deltallm_settings:\n  fallbacks: [{gpt: claude}]\n")?;
+        let e = err_of(load(None).unwrap().gateway_settings(None));
+        assert!(e.contains("deltallm_settings.fallbacks[0].gpt"), "{e}");
+        Ok(())
+    });
+}

@@ -28,6 +28,8 @@ pub(crate) struct Inner {
     pub(crate) cooldown: CooldownPolicy,
     /// Serializes admin writes and registry rebuilds (never taken by requests).
     pub(crate) write_lock: tokio::sync::Mutex<()>,
+    /// Latest failover steps (RUN-10, `/health/fallback-events`).
+    pub(crate) fallback_events: crate::health::FallbackEvents,
 }
 
 /// Turn config `model_list` entries into records, validated with the same
@@ -113,6 +115,7 @@ impl Gateway {
         .map_err(|e| StartError::Client(e.to_string()))?;
         let spend = SpendQueue::start(store.clone(), settings.spend_queue_capacity);
         let cooldown = CooldownPolicy::from_settings(&settings.router);
+        let fallback_events = crate::health::FallbackEvents::new(settings.failover_event_history_size);
         let gateway = Gateway {
             inner: Arc::new(Inner {
                 store,
@@ -122,9 +125,16 @@ impl Gateway {
                 spend,
                 cooldown,
                 write_lock: tokio::sync::Mutex::new(()),
+                fallback_events,
             }),
         };
         gateway.rebuild_registry().await?;
+        if gateway.inner.settings.background_health_checks {
+            crate::health::spawn_background_checks(
+                Arc::downgrade(&gateway.inner),
+                gateway.inner.settings.health_check_interval,
+            );
+        }
         Ok(gateway)
     }
 
@@ -175,8 +185,22 @@ impl Gateway {
             },
         };
         let credentials = inner.store.all_credentials().await?;
+        let route_groups = match inner.settings.deployment_source {
+            DeploymentSource::ConfigOnly => Default::default(),
+            DeploymentSource::DbOnly => inner.store.route_group_snapshot().await?,
+            DeploymentSource::Hybrid => inner.store.route_group_snapshot().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "route groups unavailable; serving models only");
+                Default::default()
+            }),
+        };
         let previous = inner.registry.load();
-        let next = registry::build(deployments, &credentials, &inner.settings, Some(&previous));
+        let next = registry::build_with_route_groups(
+            deployments,
+            &credentials,
+            &route_groups,
+            &inner.settings,
+            Some(&previous),
+        );
         tracing::info!(targets = next.entries.len(), deployments = next.deployments.len(), "registry rebuilt");
         inner.registry.store(Arc::new(next));
         Ok(())

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod error;
 pub mod gateway;
+pub mod health;
 pub mod pricing;
 pub mod proxy;
 pub mod registry;

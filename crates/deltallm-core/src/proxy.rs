@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use deltallm_domain::ApiErrorKind;
 use deltallm_domain::deployment::Mode;
-use deltallm_providers::{ChatStream, FormField, Operation, Reply, RequestBody, Usage};
-use deltallm_router::{Backoff, Member, Strategy, UnixMs, failover_order, parse_strategy_or_default, select};
+use deltallm_domain::policy::RetryClass;
+use deltallm_providers::{ChatStream, ErrorClass, FormField, Operation, Reply, RequestBody, Usage};
+use deltallm_router::{Backoff, Member, Strategy, UnixMs, select};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::pricing::Units;
-use crate::registry::{Entry, ResolvedDeployment};
+use crate::health::FallbackEvent;
+use crate::registry::{Entry, Registry, ResolvedDeployment};
 use crate::spend::SpendContext;
 use crate::{Error, Gateway, Result};
 
@@ -106,6 +108,8 @@ pub struct RouteDecision {
     pub fallback_used: bool,
     /// Upstream attempts made.
     pub attempts: u32,
+    /// Published route-group policy version in force, if any (RUN-15).
+    pub policy_version: Option<u32>,
 }
 
 /// What the HTTP layer sends back.
@@ -248,8 +252,8 @@ impl Gateway {
         }
         let spend = SpendContext::new(endpoint.call_type(), &model, stream, &tags);
         let result = match self.resolve_target(&model, endpoint) {
-            Ok((_registry, entry)) => {
-                self.route_and_call(&entry, endpoint, Payload::Json(&parsed), &tags, started).await
+            Ok((registry, entry)) => {
+                self.route_and_call(&registry, &entry, endpoint, Payload::Json(&parsed), &tags, started).await
             }
             Err(e) => Err(e.into()),
         };
@@ -266,7 +270,9 @@ impl Gateway {
         let endpoint = Endpoint::AudioTranscriptions;
         let spend = SpendContext::new(endpoint.call_type(), model, false, &[]);
         let result = match self.resolve_target(model, endpoint) {
-            Ok((_registry, entry)) => self.route_and_call(&entry, endpoint, Payload::Form(&fields), &[], started).await,
+            Ok((registry, entry)) => {
+                self.route_and_call(&registry, &entry, endpoint, Payload::Form(&fields), &[], started).await
+            }
             Err(e) => Err(e.into()),
         };
         self.finish(result, endpoint, None, spend, started)
@@ -322,136 +328,353 @@ impl Gateway {
         self.inner.spend.record(record);
     }
 
-    /// RUN-6 selection and RUN-10 failover.
+    /// RUN-6 selection and RUN-10 failover over `entry` (from `registry`).
     async fn route_and_call(
         &self,
+        registry: &Registry,
         entry: &Entry,
         endpoint: Endpoint,
         payload: Payload<'_, '_>,
         tags: &[&str],
         started: Instant,
     ) -> Result<Served, ProxyError> {
-        let settings = &self.settings().router;
-        let strategy = parse_strategy_or_default(Some(&settings.routing_strategy));
+        let settings = self.settings();
+        let router = &settings.router;
+        let routing = &entry.routing;
+        let strategy = routing.strategy;
         let now = UnixMs::now();
         let Some(primary) =
-            select(&entry.members, strategy, tags, settings.enable_pre_call_checks, now, &mut rand::rng())
+            select(&entry.members, strategy, tags, router.enable_pre_call_checks, now, &mut rand::rng())
         else {
-            return Err(Error::new(
-                ApiErrorKind::ServiceUnavailable,
-                format!("No healthy deployments available for model '{}'", entry.key),
-            )
-            .with_code("no_healthy_deployments")
-            .into());
+            return Err(no_healthy(&entry.key).into());
         };
-        let deadline = Duration::try_from_secs_f64(settings.timeout).ok().filter(|d| !d.is_zero());
-        let backoff = Backoff::from_retry_after_secs(settings.retry_after);
-        let mut upstream_time = Duration::ZERO;
-        let mut attempts = 0u32;
-        let mut last_error: Option<Error> = None;
-        let selected: Arc<str> = entry.members[primary].meta.deployment_id.clone();
-        let decision = |served: &Arc<str>, attempts: u32| RouteDecision {
-            group: entry.key.clone(),
+        let deadline = routing
+            .attempt_timeout
+            .or_else(|| Duration::try_from_secs_f64(router.timeout).ok())
+            .filter(|d| !d.is_zero());
+        let retries = routing.num_retries.unwrap_or(router.num_retries);
+        let backoff = Backoff::from_retry_after_secs(router.retry_after);
+        let mut run = Run {
+            gateway: self,
+            entry,
             strategy,
-            selected: selected.clone(),
-            served: served.clone(),
-            fallback_used: served != &selected,
-            attempts,
+            selected: entry.members[primary].meta.deployment_id.clone(),
+            attempts: 0,
+            upstream_time: Duration::ZERO,
+            started,
+            pending: None,
         };
+        let mut last_error: Option<Error> = None;
+        // Deployment ids already tried and failed; only filled on the failure path.
+        let mut failed: Vec<Arc<str>> = Vec::new();
 
-        for idx in failover_order(&entry.members, primary) {
-            let member: &Member<ResolvedDeployment> = &entry.members[idx];
-            if idx != primary && (!member.state.is_available(UnixMs::now()) || !member.meta.has_all_tags(tags)) {
+        let groups = settings.fallbacks.get(entry.key.as_ref()).map_or(&[][..], Vec::as_slice);
+        for (is_primary, member) in Chain::new(registry, Some((entry, primary)), groups, entry.mode) {
+            if !is_primary
+                && (!member.state.is_available(UnixMs::now())
+                    || !member.meta.has_all_tags(tags)
+                    || failed.contains(&member.meta.deployment_id))
+            {
                 continue;
             }
             let Some(conn) = member.target.connection.as_ref() else {
                 continue;
             };
-            for attempt in 0..=settings.num_retries {
+            for attempt in 0..=retries {
                 if attempt > 0 && !member.state.is_available(UnixMs::now()) {
                     break;
                 }
-                attempts += 1;
-                let guard = member.state.begin_owned();
-                let t0 = Instant::now();
-                let outcome = match &payload {
-                    Payload::Json(body) => self.providers().call(conn, endpoint.operation(), body, deadline).await,
-                    Payload::Form(fields) => self.providers().transcribe(conn, fields.to_vec(), deadline).await,
+                let e = match run.attempt(member, conn, endpoint, &payload, deadline).await {
+                    Ok(served) => return Ok(served),
+                    Err(e) => e,
                 };
-                // A stream counts as served only once its first chunk arrives (RUN-14).
-                let outcome = match outcome {
-                    Ok(Reply::Stream(mut s)) => {
-                        match first_chunk(&mut s, deadline.map(|d| d.saturating_sub(t0.elapsed()))).await {
-                            Ok(first) => Ok((Reply::Stream(s), Some(first))),
-                            Err(e) => Err(e),
-                        }
+                let client_error = provider_error(&e);
+                if matches!(e.class, ErrorClass::ContextWindowExceeded | ErrorClass::ContentPolicyViolation) {
+                    // RUN-10: classified fallbacks get one try each; without them the error is the client's.
+                    let (map, reason) = if e.class == ErrorClass::ContextWindowExceeded {
+                        (&settings.context_window_fallbacks, "context_window_fallback")
+                    } else {
+                        (&settings.content_policy_fallbacks, "content_policy_fallback")
+                    };
+                    let Some(groups) = map.get(entry.key.as_ref()).filter(|g| !g.is_empty()) else {
+                        return Err(run.fail(client_error, &member.meta.deployment_id));
+                    };
+                    run.pend(&member.meta.deployment_id, &e, reason);
+                    return run
+                        .classified_fallbacks(registry, groups, tags, endpoint, &payload, deadline, client_error)
+                        .await;
+                }
+                if !e.health_affecting() && !e.retryable() {
+                    // 4xx other than 429, invalid requests: answer now, no failover (RUN-10).
+                    return Err(run.fail(client_error, &member.meta.deployment_id));
+                }
+                last_error = Some(client_error);
+                if retryable(&e, routing.retryable_mask) && attempt < retries {
+                    let mut delay = backoff.delay(attempt, &mut rand::rng());
+                    if let Some(after) = e.retry_after {
+                        delay = delay.max(after.min(MAX_RETRY_AFTER));
                     }
-                    Ok(other) => Ok((other, None)),
-                    Err(e) => Err(e),
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                run.pend(&member.meta.deployment_id, &e, "failover");
+                failed.push(member.meta.deployment_id.clone());
+                break;
+            }
+        }
+        run.flush_pending(None);
+        let error = last_error.unwrap_or_else(|| no_healthy(&entry.key));
+        let selected = run.selected.clone();
+        Err(run.fail(error, &selected))
+    }
+}
+
+/// RUN-10 failover chain: the primary, the entry's other members in
+/// registry order, then the members of each fallback group's entry (same
+/// mode only). A named iterator rather than adapter closures, so the
+/// request future that holds it across awaits stays `Send`.
+struct Chain<'r> {
+    registry: &'r Registry,
+    own: Option<(&'r Entry, usize)>,
+    groups: &'r [String],
+    mode: Mode,
+    /// Position in the own entry's failover order.
+    own_pos: usize,
+    /// Current fallback group and member index inside it.
+    group: usize,
+    member: usize,
+}
+
+impl<'r> Chain<'r> {
+    fn new(registry: &'r Registry, own: Option<(&'r Entry, usize)>, groups: &'r [String], mode: Mode) -> Self {
+        Self { registry, own, groups, mode, own_pos: 0, group: 0, member: 0 }
+    }
+}
+
+impl<'r> Iterator for Chain<'r> {
+    /// `(is_primary, member)`.
+    type Item = (bool, &'r Member<ResolvedDeployment>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some((entry, primary)) = self.own {
+            let n = entry.members.len();
+            if self.own_pos < n {
+                // Order: primary first, then 0..n without the primary.
+                let pos = self.own_pos;
+                self.own_pos += 1;
+                let idx = if pos == 0 && primary < n {
+                    primary
+                } else {
+                    let k = if primary < n { pos - 1 } else { pos };
+                    if primary < n && k >= primary { k + 1 } else { k }
                 };
-                let elapsed = t0.elapsed();
-                upstream_time += elapsed;
-                match outcome {
-                    Ok((reply, first_chunk)) => {
-                        let tokens = match &reply {
-                            Reply::Json { usage: Some(u), .. } => u.total_tokens,
-                            _ => 0,
-                        };
-                        member.state.record_success(elapsed, tokens, UnixMs::now());
-                        drop(guard);
-                        return Ok(Served {
-                            reply,
-                            first_chunk,
-                            deployment: member.target.clone(),
-                            route: decision(&member.meta.deployment_id, attempts),
-                            upstream_time,
-                        });
-                    }
-                    Err(e) => {
-                        let e = conn.scrub(e);
-                        drop(guard);
-                        let health_affecting = e.health_affecting();
-                        if health_affecting
-                            && member.state.record_failure(&e.message, &self.inner.cooldown, UnixMs::now())
-                        {
-                            tracing::warn!(deployment_id = %member.meta.deployment_id, error = %e.message, "deployment entered cooldown");
-                        }
-                        tracing::debug!(deployment_id = %member.meta.deployment_id, class = e.class.label(), error = %e.message, attempt, "upstream attempt failed");
-                        let client_error = provider_error(&e);
-                        if !health_affecting && !e.retryable() {
-                            // 4xx other than 429, invalid requests: answer now, no failover (RUN-10).
-                            return Err(ProxyError {
-                                error: client_error,
-                                route: Some(Box::new(decision(&member.meta.deployment_id, attempts))),
-                                overhead: started.elapsed().saturating_sub(upstream_time),
-                            });
-                        }
-                        last_error = Some(client_error);
-                        if e.retryable() && attempt < settings.num_retries {
-                            let mut delay = backoff.delay(attempt, &mut rand::rng());
-                            if let Some(after) = e.retry_after {
-                                delay = delay.max(after.min(Duration::from_secs(30)));
-                            }
-                            tokio::time::sleep(delay).await;
-                            continue;
-                        }
-                        break;
-                    }
+                return Some((idx == primary, &entry.members[idx]));
+            }
+        }
+        while let Some(key) = self.groups.get(self.group) {
+            match self.registry.entries.get(key.as_str()).filter(|e| e.mode == self.mode) {
+                Some(e) if self.member < e.members.len() => {
+                    self.member += 1;
+                    return Some((false, &e.members[self.member - 1]));
+                }
+                _ => {
+                    self.group += 1;
+                    self.member = 0;
                 }
             }
         }
-        let error = last_error.unwrap_or_else(|| {
-            Error::new(
-                ApiErrorKind::ServiceUnavailable,
-                format!("No healthy deployments available for model '{}'", entry.key),
-            )
-            .with_code("no_healthy_deployments")
-        });
-        Err(ProxyError {
+        None
+    }
+}
+
+/// Longest upstream `Retry-After` the gateway sleeps for before a retry.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+fn no_healthy(key: &str) -> Error {
+    Error::new(ApiErrorKind::ServiceUnavailable, format!("No healthy deployments available for model '{key}'"))
+        .with_code("no_healthy_deployments")
+}
+
+/// RUN-11 retry decision: the policy's class set when it has one, else the defaults.
+fn retryable(e: &deltallm_providers::Error, mask: Option<u8>) -> bool {
+    let Some(mask) = mask else { return e.retryable() };
+    let class = match e.class {
+        ErrorClass::Timeout => RetryClass::Timeout,
+        ErrorClass::RateLimit => RetryClass::RateLimit,
+        ErrorClass::ContextWindowExceeded => RetryClass::ContextWindowExceeded,
+        ErrorClass::ContentPolicyViolation => RetryClass::ContentPolicyViolation,
+        _ => RetryClass::Generic,
+    };
+    mask & class.bit() != 0
+}
+
+/// A failed deployment whose failover event waits for the next target.
+struct Pending {
+    from: Arc<str>,
+    reason: &'static str,
+    class: &'static str,
+    status: Option<u16>,
+    error: String,
+}
+
+/// Book-keeping of one request's attempts.
+struct Run<'g> {
+    gateway: &'g Gateway,
+    entry: &'g Entry,
+    strategy: Strategy,
+    selected: Arc<str>,
+    attempts: u32,
+    upstream_time: Duration,
+    started: Instant,
+    pending: Option<Pending>,
+}
+
+impl Run<'_> {
+    fn decision(&self, served: &Arc<str>) -> RouteDecision {
+        RouteDecision {
+            group: self.entry.key.clone(),
+            strategy: self.strategy,
+            selected: self.selected.clone(),
+            served: served.clone(),
+            fallback_used: served != &self.selected,
+            attempts: self.attempts,
+            policy_version: self.entry.routing.policy_version,
+        }
+    }
+
+    fn fail(&self, error: Error, served: &Arc<str>) -> ProxyError {
+        ProxyError {
             error,
-            route: Some(Box::new(decision(&selected, attempts))),
-            overhead: started.elapsed().saturating_sub(upstream_time),
-        })
+            route: Some(Box::new(self.decision(served))),
+            overhead: self.started.elapsed().saturating_sub(self.upstream_time),
+        }
+    }
+
+    fn pend(&mut self, from: &Arc<str>, e: &deltallm_providers::Error, reason: &'static str) {
+        self.pending = Some(Pending {
+            from: from.clone(),
+            reason,
+            class: e.class.label(),
+            status: e.status,
+            error: e.client_message().chars().take(200).collect(),
+        });
+    }
+
+    fn flush_pending(&mut self, to: Option<&Arc<str>>) {
+        if let Some(p) = self.pending.take() {
+            self.gateway.record_fallback(FallbackEvent {
+                seq: 0,
+                at: chrono::Utc::now(),
+                group: self.entry.key.to_string(),
+                from_deployment: p.from.to_string(),
+                to_deployment: to.map(|t| t.to_string()),
+                reason: if to.is_none() { "exhausted" } else { p.reason },
+                error_class: p.class,
+                status_code: p.status,
+                error: p.error,
+            });
+        }
+    }
+
+    /// One upstream attempt on `member`, recording health. A stream counts
+    /// as served only once its first chunk arrives (RUN-14).
+    async fn attempt(
+        &mut self,
+        member: &Member<ResolvedDeployment>,
+        conn: &deltallm_providers::Connection,
+        endpoint: Endpoint,
+        payload: &Payload<'_, '_>,
+        deadline: Option<Duration>,
+    ) -> Result<Served, deltallm_providers::Error> {
+        self.flush_pending(Some(&member.meta.deployment_id));
+        self.attempts += 1;
+        let providers = self.gateway.providers();
+        let guard = member.state.begin_owned();
+        let t0 = Instant::now();
+        let outcome = match payload {
+            Payload::Json(body) => providers.call(conn, endpoint.operation(), body, deadline).await,
+            Payload::Form(fields) => providers.transcribe(conn, fields.to_vec(), deadline).await,
+        };
+        let outcome = match outcome {
+            Ok(Reply::Stream(mut s)) => {
+                match first_chunk(&mut s, deadline.map(|d| d.saturating_sub(t0.elapsed()))).await {
+                    Ok(first) => Ok((Reply::Stream(s), Some(first))),
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(other) => Ok((other, None)),
+            Err(e) => Err(e),
+        };
+        let elapsed = t0.elapsed();
+        self.upstream_time += elapsed;
+        drop(guard);
+        match outcome {
+            Ok((reply, first_chunk)) => {
+                let tokens = match &reply {
+                    Reply::Json { usage: Some(u), .. } => u.total_tokens,
+                    _ => 0,
+                };
+                member.state.record_success(elapsed, tokens, UnixMs::now());
+                Ok(Served {
+                    reply,
+                    first_chunk,
+                    deployment: member.target.clone(),
+                    route: self.decision(&member.meta.deployment_id),
+                    upstream_time: self.upstream_time,
+                })
+            }
+            Err(e) => {
+                let e = conn.scrub(e);
+                let id = &member.meta.deployment_id;
+                if e.health_affecting()
+                    && member.state.record_failure(&e.message, &self.gateway.inner.cooldown, UnixMs::now())
+                {
+                    tracing::warn!(deployment_id = %id, error = %e.message, "deployment entered cooldown");
+                }
+                tracing::debug!(deployment_id = %id, class = e.class.label(), error = %e.message, "upstream attempt failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// RUN-10 context-window / content-policy fallbacks: each deployment of
+    /// the configured groups once, in order; the first success serves.
+    #[allow(clippy::too_many_arguments)]
+    async fn classified_fallbacks(
+        &mut self,
+        registry: &Registry,
+        groups: &[String],
+        tags: &[&str],
+        endpoint: Endpoint,
+        payload: &Payload<'_, '_>,
+        deadline: Option<Duration>,
+        first_error: Error,
+    ) -> Result<Served, ProxyError> {
+        let mut last = first_error;
+        let mut tried: Vec<Arc<str>> = vec![self.selected.clone()];
+        for (_, member) in Chain::new(registry, None, groups, self.entry.mode) {
+            let id = &member.meta.deployment_id;
+            if tried.contains(id) || !member.state.is_available(UnixMs::now()) || !member.meta.has_all_tags(tags) {
+                continue;
+            }
+            let Some(conn) = member.target.connection.as_ref() else { continue };
+            tried.push(id.clone());
+            match self.attempt(member, conn, endpoint, payload, deadline).await {
+                Ok(served) => return Ok(served),
+                Err(e) => {
+                    let reason = self.pending_reason();
+                    self.pend(id, &e, reason);
+                    last = provider_error(&e);
+                }
+            }
+        }
+        self.flush_pending(None);
+        let selected = self.selected.clone();
+        Err(self.fail(last, &selected))
+    }
+
+    fn pending_reason(&self) -> &'static str {
+        self.pending.as_ref().map_or("failover", |p| p.reason)
     }
 }
 

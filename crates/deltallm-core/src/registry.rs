@@ -5,13 +5,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use deltallm_domain::credential::NamedCredential;
 use deltallm_domain::deployment::{Deployment, Mode, effective_params};
 use deltallm_domain::params::str_field;
+use deltallm_domain::policy::{Policy, default_pool};
 use deltallm_domain::provider;
 use deltallm_providers::Connection;
-use deltallm_router::{DeploymentState, Member, RouteMeta};
+use deltallm_router::{DeploymentState, Member, RouteMeta, Strategy, parse_strategy_or_default};
+use deltallm_storage::RouteGroupSnapshot;
 use serde_json::{Map, Value};
 
 use crate::pricing::Pricing;
@@ -45,6 +48,34 @@ pub struct ResolvedDeployment {
 pub enum TargetKind {
     /// A public model name (a model group when several deployments share it).
     Model,
+    /// A route group (ADM-6) with its own members and policy.
+    RouteGroup,
+}
+
+impl TargetKind {
+    /// Wire name (`model`, `route_group`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Model => "model",
+            TargetKind::RouteGroup => "route_group",
+        }
+    }
+}
+
+/// How requests to one entry are routed: the policy (ADM-7) resolved at
+/// build time, so requests read plain fields.
+#[derive(Debug, Clone, Default)]
+pub struct EntryRouting {
+    /// RUN-8 strategy: policy ?? group `routing_strategy` ?? global.
+    pub strategy: Strategy,
+    /// Retries per deployment (`retry.max_attempts`); `None` = `num_retries`.
+    pub num_retries: Option<u32>,
+    /// Per-attempt deadline (`timeouts`); `None` = router `timeout`.
+    pub attempt_timeout: Option<Duration>,
+    /// `retry.retryable_error_classes` as a `RetryClass` bit set; `None` = RUN-11 defaults.
+    pub retryable_mask: Option<u8>,
+    /// Published policy version in force.
+    pub policy_version: Option<u32>,
 }
 
 /// One callable target.
@@ -54,14 +85,18 @@ pub struct Entry {
     pub key: Arc<str>,
     /// Kind of target.
     pub kind: TargetKind,
+    /// Workload mode (a model's first deployment's; a route group's own).
+    pub mode: Mode,
     /// Members in registry order (failover order after the primary).
     pub members: Vec<Member<ResolvedDeployment>>,
+    /// Strategy, retries and timeouts.
+    pub routing: EntryRouting,
 }
 
 impl Entry {
-    /// Workload mode of the target (its first member's).
+    /// Workload mode of the target.
     pub fn mode(&self) -> Mode {
-        self.members.first().map_or(Mode::Chat, |m| m.target.mode)
+        self.mode
     }
 }
 
@@ -106,13 +141,31 @@ fn apply_runtime_defaults(provider_key: &str, params: &mut Map<String, Value>, s
     }
 }
 
-/// Build a registry from stored records. `previous` donates live state by id.
+/// Build a registry from stored records without route groups. `previous`
+/// donates live state by id.
 pub fn build(
     deployments: Vec<Deployment>,
     credentials: &[NamedCredential],
     settings: &GatewaySettings,
     previous: Option<&Registry>,
 ) -> Registry {
+    build_with_route_groups(deployments, credentials, &RouteGroupSnapshot::default(), settings, previous)
+}
+
+/// Build a registry (RUN-1): one entry per `model_name`, then one per
+/// enabled route group with at least one enabled, callable member.
+/// `previous` donates live state by deployment id.
+pub fn build_with_route_groups(
+    deployments: Vec<Deployment>,
+    credentials: &[NamedCredential],
+    route_groups: &RouteGroupSnapshot,
+    settings: &GatewaySettings,
+    previous: Option<&Registry>,
+) -> Registry {
+    let global = EntryRouting {
+        strategy: parse_strategy_or_default(Some(&settings.router.routing_strategy)),
+        ..EntryRouting::default()
+    };
     let creds: HashMap<&str, &NamedCredential> = credentials.iter().map(|c| (c.credential_id.as_str(), c)).collect();
     let mut registry = Registry { built_at: chrono::Utc::now().timestamp(), ..Default::default() };
     let mut order: Vec<Arc<str>> = Vec::new();
@@ -166,10 +219,76 @@ pub fn build(
     }
     for key in order {
         let list = members.remove(&key).unwrap_or_default();
-        registry.entries.insert(key.clone(), Arc::new(Entry { key, kind: TargetKind::Model, members: list }));
+        let mode = list.first().map_or(Mode::Chat, |m| m.target.mode);
+        let entry = Entry { key: key.clone(), kind: TargetKind::Model, mode, members: list, routing: global.clone() };
+        registry.entries.insert(key, Arc::new(entry));
     }
+    add_route_groups(&mut registry, route_groups, &global);
     let mut keys: Vec<Arc<str>> = registry.entries.keys().cloned().collect();
     keys.sort();
     registry.sorted_keys = keys;
     registry
+}
+
+/// RUN-1 route-group entries: enabled groups whose key is not a model name,
+/// with their effective pool (published policy, else enabled members) reduced
+/// to callable deployments of the group's mode. A group left without members
+/// is not live.
+fn add_route_groups(registry: &mut Registry, snapshot: &RouteGroupSnapshot, global: &EntryRouting) {
+    let mut by_group: HashMap<&str, Vec<_>> = HashMap::new();
+    for m in &snapshot.members {
+        by_group.entry(m.group_key.as_str()).or_default().push(m.clone());
+    }
+    let published: HashMap<&str, _> = snapshot.published.iter().map(|p| (p.group_key.as_str(), p)).collect();
+    for group in snapshot.groups.iter().filter(|g| g.enabled) {
+        if registry.entries.contains_key(group.group_key.as_str()) {
+            tracing::warn!(group_key = %group.group_key, "route group key equals a model name; the model wins");
+            continue;
+        }
+        let group_members = by_group.remove(group.group_key.as_str()).unwrap_or_default();
+        let policy = published.get(group.group_key.as_str()).and_then(|p| match Policy::parse(&p.policy) {
+            Ok(policy) => Some((p.version, policy)),
+            Err(e) => {
+                tracing::warn!(group_key = %group.group_key, version = p.version, error = %e, "published policy ignored");
+                None
+            }
+        });
+        let pool = match &policy {
+            Some((_, p)) => p.pool(&group_members),
+            None => default_pool(&group_members),
+        };
+        let mut list = Vec::with_capacity(pool.len());
+        for pm in pool {
+            let Some(resolved) = registry.deployments.get(pm.deployment_id.as_str()) else { continue };
+            if resolved.connection.is_none() {
+                continue;
+            }
+            if resolved.mode != group.mode {
+                tracing::warn!(group_key = %group.group_key, deployment_id = %pm.deployment_id, "member skipped: its mode differs from the group's");
+                continue;
+            }
+            let mut meta = RouteMeta::from_deployment(&resolved.record, resolved.pricing.unit_cost());
+            if let Some(w) = pm.weight {
+                meta.weight = w;
+            }
+            if let Some(p) = pm.priority {
+                meta.priority = p;
+            }
+            list.push(Member { meta, state: Arc::clone(&resolved.state), target: Arc::clone(resolved) });
+        }
+        if list.is_empty() {
+            continue;
+        }
+        let strategy_name = policy.as_ref().and_then(|(_, p)| p.strategy_name()).or(group.routing_strategy.as_deref());
+        let routing = EntryRouting {
+            strategy: strategy_name.map_or(global.strategy, |n| parse_strategy_or_default(Some(n))),
+            num_retries: policy.as_ref().and_then(|(_, p)| p.max_attempts()),
+            attempt_timeout: policy.as_ref().and_then(|(_, p)| p.timeout()),
+            retryable_mask: policy.as_ref().and_then(|(_, p)| p.retryable_mask()),
+            policy_version: policy.as_ref().map(|(v, _)| *v),
+        };
+        let key: Arc<str> = Arc::from(group.group_key.as_str());
+        let entry = Entry { key: key.clone(), kind: TargetKind::RouteGroup, mode: group.mode, members: list, routing };
+        registry.entries.insert(key, Arc::new(entry));
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use deltallm_domain::SecretString;
 use deltallm_domain::deployment::DeploymentInput;
-use deltallm_domain::settings::RouterSettings;
+use deltallm_domain::settings::{FallbackMap, RouterSettings};
 use serde::Deserialize;
 
 /// Where the runtime registry takes deployments from (CFG-4).
@@ -52,6 +52,14 @@ pub struct GatewaySettings {
     pub background_health_checks: bool,
     /// Interval of background health checks.
     pub health_check_interval: Duration,
+    /// RUN-10 `fallbacks`: group → groups tried after the group's own deployments.
+    pub fallbacks: FallbackMap,
+    /// Groups tried once each when an upstream says the prompt is too long.
+    pub context_window_fallbacks: FallbackMap,
+    /// Groups tried once each when an upstream content filter refuses.
+    pub content_policy_fallbacks: FallbackMap,
+    /// Failover steps kept for `/health/fallback-events`.
+    pub failover_event_history_size: usize,
 }
 
 impl Default for GatewaySettings {
@@ -71,6 +79,10 @@ impl Default for GatewaySettings {
             spend_queue_capacity: 10_000,
             background_health_checks: false,
             health_check_interval: Duration::from_secs(300),
+            fallbacks: FallbackMap::new(),
+            context_window_fallbacks: FallbackMap::new(),
+            content_policy_fallbacks: FallbackMap::new(),
+            failover_event_history_size: 1000,
         }
     }
 }

@@ -219,6 +219,7 @@ fn route_metadata(route: &crate::proxy::RouteDecision) -> String {
         "served_deployment": route.served.as_ref(),
         "fallback_used": route.fallback_used,
         "attempts": route.attempts,
+        "route_policy_version": route.policy_version,
     })
     .to_string()
 }

@@ -182,7 +182,8 @@ impl Policy {
         if !value.is_object() {
             return Err(Error::invalid("policy must be a JSON object"));
         }
-        let p: Policy = serde_json::from_value(value.clone()).map_err(|e| Error::invalid(format!("Invalid policy: {e}")))?;
+        let p: Policy =
+            serde_json::from_value(value.clone()).map_err(|e| Error::invalid(format!("Invalid policy: {e}")))?;
         match p.mode.as_deref() {
             None | Some("fallback" | "weighted") => {}
             Some(m @ ("conditional" | "adaptive")) => {
@@ -278,9 +279,10 @@ impl Policy {
     /// policy's weight/priority, else the member's. In `fallback` mode
     /// without an explicit strategy a missing priority is the list index.
     pub fn pool(&self, group_members: &[RouteGroupMember]) -> Vec<PoolMember> {
-        let listed = self.members.iter().filter_map(|pm| {
-            group_members.iter().find(|g| g.deployment_id == pm.deployment_id).map(|g| (g, Some(pm)))
-        });
+        let listed = self
+            .members
+            .iter()
+            .filter_map(|pm| group_members.iter().find(|g| g.deployment_id == pm.deployment_id).map(|g| (g, Some(pm))));
         let rest = group_members
             .iter()
             .filter(|g| !self.members.iter().any(|pm| pm.deployment_id == g.deployment_id))
@@ -293,9 +295,10 @@ impl Policy {
             .map(|(i, (g, pm))| PoolMember {
                 deployment_id: g.deployment_id.clone(),
                 weight: pm.and_then(|p| p.weight).or(g.weight),
-                priority: pm.and_then(|p| p.priority).or(g.priority).or_else(|| {
-                    index_priority.then(|| u32::try_from(i).unwrap_or(u32::MAX))
-                }),
+                priority: pm
+                    .and_then(|p| p.priority)
+                    .or(g.priority)
+                    .or_else(|| index_priority.then(|| u32::try_from(i).unwrap_or(u32::MAX))),
             })
             .collect()
     }

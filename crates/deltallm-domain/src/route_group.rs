@@ -301,7 +301,10 @@ mod tests {
         let body = json!({"group_key": "support", "metadata": {"access_groups": ["Beta", "beta", "x"], "default_prompt": "be nice"}});
         let input = RouteGroupInput::from_create(&body, now()).unwrap();
         let g = input.group;
-        assert_eq!((g.name.as_str(), g.mode, g.enabled, g.routing_strategy.as_deref()), ("support", Mode::Chat, true, None));
+        assert_eq!(
+            (g.name.as_str(), g.mode, g.enabled, g.routing_strategy.as_deref()),
+            ("support", Mode::Chat, true, None)
+        );
         assert_eq!(g.metadata["access_groups"], json!(["beta", "x"]));
         assert_eq!(g.access_groups(), ["beta", "x"]);
         assert!(input.members.is_empty());
@@ -340,7 +343,10 @@ mod tests {
         assert_eq!(created.members[0].weight, Some(Some(3)));
         let g = created.group;
         let kept = RouteGroupInput::apply_update(&g, &json!({"enabled": false}), now()).unwrap();
-        assert_eq!((kept.name.as_str(), kept.routing_strategy.as_deref(), kept.enabled), ("G", Some("weighted"), false));
+        assert_eq!(
+            (kept.name.as_str(), kept.routing_strategy.as_deref(), kept.enabled),
+            ("G", Some("weighted"), false)
+        );
         let cleared = RouteGroupInput::apply_update(&g, &json!({"routing_strategy": null}), now()).unwrap();
         assert_eq!(cleared.routing_strategy, None);
         assert!(RouteGroupInput::apply_update(&g, &json!({"group_key": "other"}), now()).is_err());

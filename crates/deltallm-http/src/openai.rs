@@ -52,6 +52,7 @@ const ROUTE_GROUP: HeaderName = HeaderName::from_static("x-deltallm-route-group"
 const ROUTE_STRATEGY: HeaderName = HeaderName::from_static("x-deltallm-route-strategy");
 const ROUTE_DEPLOYMENT: HeaderName = HeaderName::from_static("x-deltallm-route-deployment");
 const ROUTE_FALLBACK: HeaderName = HeaderName::from_static("x-deltallm-route-fallback-used");
+const ROUTE_POLICY_VERSION: HeaderName = HeaderName::from_static("x-deltallm-route-policy-version");
 const OVERHEAD: HeaderName = HeaderName::from_static("x-deltallm-overhead-us");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-deltallm-request-id");
 
@@ -66,6 +67,10 @@ fn route_headers(headers: &mut HeaderMap, route: &RouteDecision, overhead_us: u1
     put(headers, ROUTE_STRATEGY, route.strategy.as_str());
     put(headers, ROUTE_DEPLOYMENT, &route.served);
     headers.insert(ROUTE_FALLBACK, HeaderValue::from_static(if route.fallback_used { "true" } else { "false" }));
+    // Only route groups with a published policy have a version to report.
+    if let Some(v) = route.policy_version {
+        put(headers, ROUTE_POLICY_VERSION, &v.to_string());
+    }
     put(headers, OVERHEAD, &overhead_us.to_string());
 }
 

@@ -3,4 +3,7 @@
 
 pub mod deployment;
 pub mod named_credential;
+pub mod route_group;
+pub mod route_group_member;
+pub mod route_group_policy;
 pub mod spend_log;
