@@ -6,4 +6,5 @@ mod config_bootstrap;
 mod credentials;
 mod endpoints;
 mod proxy;
+mod routing;
 mod validation;

@@ -7,6 +7,7 @@
 
 mod admin;
 mod admin_credentials;
+mod admin_route_groups;
 mod auth;
 mod error;
 mod health;
@@ -25,6 +26,7 @@ pub fn app(gateway: Gateway) -> Router {
         .merge(openai::routes())
         .merge(admin::routes())
         .merge(admin_credentials::routes())
+        .merge(admin_route_groups::routes())
         .merge(health::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gateway)

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod credentials;
 pub mod deployments;
 pub mod presets;
+pub mod route_groups;
 pub mod spend;
 
 pub use credentials::{Conversion, CredentialList, CredentialView, InlineReport};
