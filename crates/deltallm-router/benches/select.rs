@@ -24,6 +24,10 @@ fn group(now: UnixMs) -> (Vec<Member<()>>, Vec<OwnedInFlightGuard>) {
                 // 10 % stay unsampled for latency routing.
                 state.record_latency(Duration::from_millis(rng.random_range(20..2_000)), now);
             }
+            if i % 4 != 0 {
+                // Most deployments carry this minute's usage, so utilization is really computed.
+                state.add_usage(rng.random_range(1..900), rng.random_range(100..90_000), now);
+            }
             Member {
                 meta: RouteMeta {
                     deployment_id: Arc::from(format!("dep-{i}")),
@@ -32,7 +36,7 @@ fn group(now: UnixMs) -> (Vec<Member<()>>, Vec<OwnedInFlightGuard>) {
                     tags: Box::new([]),
                     unit_cost: Some(rng.random_range(0.1..1.0)),
                     rpm_limit: Some(1_000),
-                    tpm_limit: None,
+                    tpm_limit: if i % 2 == 0 { Some(100_000) } else { None },
                 },
                 state,
                 target: Arc::new(()),
@@ -54,6 +58,7 @@ fn bench_select(c: &mut Criterion) {
         Strategy::LatencyBased,
         Strategy::CostBased,
         Strategy::UsageBased,
+        Strategy::RateLimitAware,
     ] {
         c.bench_function(&format!("select/{GROUP}/{strategy}"), |b| {
             b.iter(|| select(black_box(&members), strategy, &[], false, now, &mut rng))

@@ -88,16 +88,34 @@ impl<T> Clone for Member<T> {
 /// over the set rpm and tpm limits; 0 without limits.
 #[inline]
 pub fn utilization(meta: &RouteMeta, state: &DeploymentState, now: UnixMs) -> f64 {
-    let rpm = meta.rpm_limit.filter(|&l| l > 0);
-    let tpm = meta.tpm_limit.filter(|&l| l > 0);
-    if rpm.is_none() && tpm.is_none() {
-        return 0.0;
+    utilization_in(meta, state, now.minute())
+}
+
+/// [`utilization`] for a precomputed minute. Reads only the counters whose
+/// limit is set and avoids NaN-aware `max`: this runs once per member in
+/// usage-based and rate-limit-aware selection.
+#[inline]
+fn utilization_in(meta: &RouteMeta, state: &DeploymentState, minute: u64) -> f64 {
+    let mut u = 0.0;
+    if let Some(limit) = meta.rpm_limit.filter(|&l| l > 0) {
+        u = f64::from(state.requests_in(minute)) / limit_f64(limit);
     }
-    let (requests, tokens) = state.usage(now);
-    // Counters and limits are far below 2^52, so the f64 ratios are exact enough.
+    if let Some(limit) = meta.tpm_limit.filter(|&l| l > 0) {
+        let t = f64::from(state.tokens_in(minute)) / limit_f64(limit);
+        if t > u {
+            u = t;
+        }
+    }
+    u
+}
+
+/// A limit as f64 through a signed conversion (one instruction on x86-64,
+/// unlike u64 → f64); limits above `i64::MAX` are effectively unlimited.
+#[inline]
+fn limit_f64(limit: u64) -> f64 {
+    // Exactness does not matter for a ratio used as a routing key.
     #[allow(clippy::cast_precision_loss)]
-    let ratio = |used: u64, limit: Option<u64>| limit.map_or(0.0, |l| used as f64 / l as f64);
-    ratio(requests, rpm).max(ratio(tokens, tpm))
+    i64::try_from(limit).map_or(f64::MAX, |l| l as f64)
 }
 
 /// RUN-6 selection over an entry's members. Drops unavailable members
@@ -116,8 +134,14 @@ pub fn select<T, R: Rng + ?Sized>(
     now: UnixMs,
     rng: &mut R,
 ) -> Option<usize> {
-    let filter =
-        Filter { tags: request_tags, tagged: request_tags.iter().any(|t| !t.is_empty()), pre_call_checks, now };
+    let minute = now.minute();
+    let filter = Filter {
+        tags: request_tags,
+        tagged: request_tags.iter().any(|t| !t.is_empty()),
+        pre_call_checks,
+        now,
+        minute,
+    };
     let weight = |m: &Member<T>| u64::from(m.meta.weight);
     match strategy {
         Strategy::SimpleShuffle => pick(members, &filter, |_| Some(()), |_| 1, rng),
@@ -133,17 +157,28 @@ pub fn select<T, R: Rng + ?Sized>(
             weight,
             rng,
         ),
-        Strategy::UsageBased => pick(members, &filter, |m| Some(utilization(&m.meta, &m.state, now)), weight, rng),
-        // `false` (below the threshold) sorts first; when no member is below
-        // it, all share the key `true` and the pick is weighted over all.
-        Strategy::RateLimitAware => pick(
-            members,
-            &filter,
-            |m| Some(utilization(&m.meta, &m.state, now) >= RATE_LIMIT_AWARE_THRESHOLD),
-            weight,
-            rng,
-        ),
+        Strategy::UsageBased => pick(members, &filter, |m| Some(utilization_in(&m.meta, &m.state, minute)), weight, rng),
+        Strategy::RateLimitAware => pick_below_threshold(members, &filter, rng),
     }
+}
+
+/// `rate-limit-aware`: weighted among members below the utilization
+/// threshold, else weighted over all. Two reservoirs filled in one pass, the
+/// member's tier indexing the reservoir, so there is no data-dependent
+/// "new best key" branch to mispredict.
+#[inline]
+fn pick_below_threshold<T, R: Rng + ?Sized>(members: &[Member<T>], filter: &Filter<'_>, rng: &mut R) -> Option<usize> {
+    let mut tiers = [TieSet::EMPTY; 2];
+    for (i, m) in members.iter().enumerate() {
+        if !filter.admits(m) {
+            continue;
+        }
+        let over = utilization_in(&m.meta, &m.state, filter.minute) >= RATE_LIMIT_AWARE_THRESHOLD;
+        tiers[usize::from(over)].offer(i, u64::from(m.meta.weight), rng);
+    }
+    let below = tiers[0].finish();
+    let above = tiers[1];
+    if below.is_some() { below } else { above.finish() }
 }
 
 /// RUN-10 order within one entry: the primary, then every other member in
@@ -162,6 +197,7 @@ struct Filter<'a> {
     tagged: bool,
     pre_call_checks: bool,
     now: UnixMs,
+    minute: u64,
 }
 
 impl Filter<'_> {
@@ -169,7 +205,7 @@ impl Filter<'_> {
     fn admits<T>(&self, m: &Member<T>) -> bool {
         m.state.is_available(self.now)
             && (!self.tagged || m.meta.has_all_tags(self.tags))
-            && (!self.pre_call_checks || utilization(&m.meta, &m.state, self.now) < 1.0)
+            && (!self.pre_call_checks || utilization_in(&m.meta, &m.state, self.minute) < 1.0)
     }
 }
 
@@ -237,6 +273,12 @@ struct TieSet {
 
 impl TieSet {
     const EMPTY: TieSet = TieSet { weighted: Reservoir::EMPTY, zero: Reservoir::EMPTY };
+
+    /// The weighted pick, or a uniform one when every weight was 0.
+    #[inline]
+    fn finish(self) -> Option<usize> {
+        if self.weighted.total > 0 { self.weighted.pick } else { self.zero.pick }
+    }
 
     #[inline]
     fn offer<R: Rng + ?Sized>(&mut self, i: usize, w: u64, rng: &mut R) {

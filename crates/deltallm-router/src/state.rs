@@ -264,6 +264,18 @@ impl DeploymentState {
         (read_minute_counter(&self.requests, minute), read_minute_counter(&self.tokens, minute))
     }
 
+    /// Requests counted in UTC minute `minute` (as [`UnixMs::minute`] numbers it).
+    #[inline]
+    pub(crate) fn requests_in(&self, minute: u64) -> u32 {
+        low32(read_minute_counter(&self.requests, minute))
+    }
+
+    /// Tokens counted in UTC minute `minute`.
+    #[inline]
+    pub(crate) fn tokens_in(&self, minute: u64) -> u32 {
+        low32(read_minute_counter(&self.tokens, minute))
+    }
+
     /// Serializable view for admin/health endpoints.
     pub fn snapshot(&self, now: UnixMs) -> HealthSnapshot {
         let until = self.cooldown_until.load(Relaxed);
@@ -377,6 +389,12 @@ fn bump_minute_counter(cell: &AtomicU64, minute: u64, n: u64) {
         let next = if minute <= m { (m, c.saturating_add(n).min(LOW32)) } else { (minute, n.min(LOW32)) };
         Some((next.0 << 32) | next.1)
     });
+}
+
+/// Counts are stored in the low 32 bits, so this never truncates.
+#[inline]
+fn low32(v: u64) -> u32 {
+    u32::try_from(v & LOW32).unwrap_or(u32::MAX)
 }
 
 #[inline]
