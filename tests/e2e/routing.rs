@@ -115,8 +115,9 @@ on_both_backends!(route_groups_and_policies_round_trip, |url: String| async move
     let (s, body) = app.post("/ui/api/route-groups", &json!({"group_key": "gpt"})).await;
     assert_eq!(s, 409, "{body}");
     assert!(body["detail"].as_str().unwrap().contains("model name"));
-    let (s, body) =
-        app.post("/ui/api/route-groups", &json!({"group_key": "support", "members": [{"deployment_id": "ghost"}]})).await;
+    let (s, body) = app
+        .post("/ui/api/route-groups", &json!({"group_key": "support", "members": [{"deployment_id": "ghost"}]}))
+        .await;
     assert_eq!(s, 400, "{body}");
     let (s, _) = app.post("/ui/api/route-groups", &json!({"group_key": "bad/key"})).await;
     assert_eq!(s, 400);
@@ -206,8 +207,12 @@ on_both_backends!(route_groups_and_policies_round_trip, |url: String| async move
     let (s, body) = app.post("/ui/api/route-groups/support/policy/rollback", &json!({"version": 9})).await;
     assert_eq!(s, 404, "{body}");
     let (_, list) = app.get("/ui/api/route-groups/support/policies").await;
-    let statuses: Vec<_> =
-        list["data"].as_array().unwrap().iter().map(|p| (p["version"].as_u64().unwrap(), p["status"].clone())).collect();
+    let statuses: Vec<_> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["version"].as_u64().unwrap(), p["status"].clone()))
+        .collect();
     assert_eq!(statuses, [(3, json!("published")), (2, json!("archived")), (1, json!("archived"))]);
     let (s, current) = app.get("/ui/api/route-groups/support/policy").await;
     assert_eq!((s, current["version"].as_u64()), (200, Some(3)));
@@ -216,7 +221,8 @@ on_both_backends!(route_groups_and_policies_round_trip, |url: String| async move
     assert_eq!(sim["available_count"], 2);
 
     // Members: upsert keeps position, delete, and a group without members is not live.
-    let (s, m) = app.post("/ui/api/route-groups/support/members", &json!({"deployment_id": "gpt-a", "priority": 4})).await;
+    let (s, m) =
+        app.post("/ui/api/route-groups/support/members", &json!({"deployment_id": "gpt-a", "priority": 4})).await;
     assert_eq!(s, 200, "{m}");
     assert_eq!((m["priority"].as_u64(), m["healthy"].as_bool()), (Some(4), Some(true)));
     let (s, _) = app.post("/ui/api/route-groups/support/members", &json!({"deployment_id": "ghost"})).await;
@@ -348,7 +354,9 @@ async fn a_429_retry_after_is_honoured_before_the_retry() {
     let upstream = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(
-            ResponseTemplate::new(429).insert_header("retry-after", "1").set_body_json(json!({"error": {"message": "slow"}})),
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "1")
+                .set_body_json(json!({"error": {"message": "slow"}})),
         )
         .up_to_n_times(1)
         .with_priority(1)
@@ -502,7 +510,9 @@ async fn streaming_fails_over_before_the_first_chunk() {
     let streaming = MockServer::start().await;
     let sse = "data: {\"id\":\"s\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).insert_header("content-type", "text/event-stream").set_body_string(sse))
+        .respond_with(
+            ResponseTemplate::new(200).insert_header("content-type", "text/event-stream").set_body_string(sse),
+        )
         .mount(&streaming)
         .await;
     let (app, db) = sqlite_app(routing_settings(|s| s.router.routing_strategy = "priority-based-routing".into())).await;

@@ -73,7 +73,7 @@ impl FallbackEvents {
     /// Newest first, at most `limit`.
     pub(crate) fn recent(&self, limit: usize) -> Vec<Arc<FallbackEvent>> {
         let mut all: Vec<_> = self.slots.iter().filter_map(|s| s.load_full()).collect();
-        all.sort_unstable_by(|a, b| b.seq.cmp(&a.seq));
+        all.sort_unstable_by_key(|e| std::cmp::Reverse(e.seq));
         all.truncate(limit);
         all
     }

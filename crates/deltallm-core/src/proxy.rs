@@ -16,8 +16,8 @@ use deltallm_router::{Backoff, Member, Strategy, UnixMs, select};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use crate::pricing::Units;
 use crate::health::FallbackEvent;
+use crate::pricing::Units;
 use crate::registry::{Entry, Registry, ResolvedDeployment};
 use crate::spend::SpendContext;
 use crate::{Error, Gateway, Result};

@@ -42,9 +42,11 @@ struct EventsParams {
 async fn fallback_events(State(gw): State<Gateway>, Query(p): Query<EventsParams>) -> Result<Response, AdminError> {
     let limit = match p.limit.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => 50,
-        Some(s) => s.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-            AdminError(Error::invalid("limit must be an integer between 1 and 200"))
-        })?,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| AdminError(Error::invalid("limit must be an integer between 1 and 200")))?,
     };
     Ok(Json(gw.fallback_events(limit)).into_response())
 }

@@ -135,13 +135,8 @@ pub fn select<T, R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Option<usize> {
     let minute = now.minute();
-    let filter = Filter {
-        tags: request_tags,
-        tagged: request_tags.iter().any(|t| !t.is_empty()),
-        pre_call_checks,
-        now,
-        minute,
-    };
+    let filter =
+        Filter { tags: request_tags, tagged: request_tags.iter().any(|t| !t.is_empty()), pre_call_checks, now, minute };
     let weight = |m: &Member<T>| u64::from(m.meta.weight);
     match strategy {
         Strategy::SimpleShuffle => pick(members, &filter, |_| Some(()), |_| 1, rng),
@@ -157,7 +152,9 @@ pub fn select<T, R: Rng + ?Sized>(
             weight,
             rng,
         ),
-        Strategy::UsageBased => pick(members, &filter, |m| Some(utilization_in(&m.meta, &m.state, minute)), weight, rng),
+        Strategy::UsageBased => {
+            pick(members, &filter, |m| Some(utilization_in(&m.meta, &m.state, minute)), weight, rng)
+        }
         Strategy::RateLimitAware => pick_below_threshold(members, &filter, rng),
     }
 }

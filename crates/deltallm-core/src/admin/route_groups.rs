@@ -397,9 +397,10 @@ impl Gateway {
         let pool: Vec<_> = pool
             .into_iter()
             .map(|m| {
-                let available = registry.deployments.get(m.deployment_id.as_str()).is_some_and(|d| {
-                    d.connection.is_some() && d.mode == group.mode && d.state.is_available(now)
-                });
+                let available = registry
+                    .deployments
+                    .get(m.deployment_id.as_str())
+                    .is_some_and(|d| d.connection.is_some() && d.mode == group.mode && d.state.is_available(now));
                 SimulatedMember { member: m, available }
             })
             .collect();
