@@ -136,7 +136,9 @@ impl Store {
             start_time: Set(r.start_time),
             end_time: Set(r.end_time),
         });
-        row::Entity::insert_many(models).exec(&self.db).await?;
+        // No RETURNING: the ids are not needed, and on SQLite fetching them
+        // streams one row per record back from the database thread.
+        row::Entity::insert_many(models).exec_without_returning(&self.db).await?;
         Ok(())
     }
 
