@@ -179,6 +179,43 @@ fn live_entry(resolved: &ResolvedDeployment, now: UnixMs, detail: bool) -> Model
     e
 }
 
+/// Top-level fields (and `deltallm_params.*` keys) that differ from the stored record.
+fn changed_fields(before: Option<&Deployment>, after: &Deployment) -> Vec<String> {
+    let mut out = Vec::new();
+    let empty = Map::new();
+    let (name, cred, params, info) = match before {
+        Some(b) => (Some(&b.model_name), Some(&b.named_credential_id), &b.deltallm_params, Some(&b.model_info)),
+        None => (None, None, &empty, None),
+    };
+    if name != Some(&after.model_name) {
+        out.push("model_name".to_owned());
+    }
+    if cred != Some(&after.named_credential_id) {
+        out.push("named_credential_id".to_owned());
+    }
+    let mut keys: Vec<&String> = params.keys().chain(after.deltallm_params.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        if params.get(k) != after.deltallm_params.get(k) {
+            out.push(format!("deltallm_params.{k}"));
+        }
+    }
+    if info != Some(&after.model_info) {
+        out.push("model_info".to_owned());
+    }
+    out
+}
+
+fn audit_payload(d: &Deployment) -> Value {
+    serde_json::json!({
+        "model_name": d.model_name,
+        "named_credential_id": d.named_credential_id,
+        "deltallm_params": d.deltallm_params,
+        "model_info": d.model_info,
+    })
+}
+
 fn not_found() -> Error {
     Error::not_found("Deployment not found")
 }
@@ -270,6 +307,13 @@ impl Gateway {
         };
         self.store().insert_deployment(&record).await?;
         tracing::info!(deployment_id = %record.deployment_id, model_name = %record.model_name, provider = %valid.provider, "deployment created");
+        super::audit::record(
+            "create",
+            "deployment",
+            &record.deployment_id,
+            &changed_fields(None, &record),
+            &audit_payload(&record),
+        );
         self.finish_write(&record).await
     }
 
@@ -299,6 +343,13 @@ impl Gateway {
         };
         self.store().update_deployment(&record).await?;
         tracing::info!(deployment_id = %record.deployment_id, "deployment updated");
+        super::audit::record(
+            "update",
+            "deployment",
+            &record.deployment_id,
+            &changed_fields(Some(&stored), &record),
+            &audit_payload(&record),
+        );
         let mut out = self.finish_write(&record).await?;
         if stored.model_name != record.model_name {
             out.warnings.extend(self.warnings_for(&stored.model_name).await?);
@@ -313,6 +364,7 @@ impl Gateway {
             return Err(not_found());
         }
         tracing::info!(deployment_id = %id, "deployment deleted");
+        super::audit::record("delete", "deployment", id, &[], &Value::Null);
         self.rebuild_registry().await.map_err(|e| {
             tracing::error!(error = %e, "registry rebuild after delete failed");
             Error::internal()
