@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use axum::serve::ListenerExt;
 use deltallm_bootstrap::rotate::{self, NewKeySource};
 use deltallm_bootstrap::{prepare, serve, telemetry};
 use deltallm_core::Gateway;
@@ -69,7 +70,7 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let prepared = prepare(config).await?;
     tracing::info!(database = %prepared.database, "storage ready");
     let gateway = Gateway::start(prepared.store, prepared.settings).await?;
-    let listener = serve::bind(prepared.listen).await?;
+    let listener = serve::bind(prepared.listen).await?.tap_io(serve::tune_client_socket);
     tracing::info!(address = %prepared.listen, "DeltaLLM gateway listening");
     axum::serve(listener, deltallm_http::app(gateway.clone())).with_graceful_shutdown(serve::shutdown_signal()).await?;
     serve::drain(&gateway).await;
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match serve::runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

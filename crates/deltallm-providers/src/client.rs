@@ -257,8 +257,14 @@ impl Providers {
         request: reqwest::RequestBuilder,
         deadline: Option<Duration>,
     ) -> Result<(String, Bytes)> {
-        let request = request.timeout(conn.read_timeout().unwrap_or(self.read_timeout));
-        with_deadline(deadline, async move {
+        // One timer per attempt: the read timeout and the attempt deadline both
+        // bound the whole exchange here, so only the shorter one is armed.
+        let read_timeout = conn.read_timeout().unwrap_or(self.read_timeout);
+        let (limit, what) = match deadline {
+            Some(d) if d <= read_timeout => (d, "attempt deadline"),
+            _ => (read_timeout, "read timeout"),
+        };
+        with_timer(limit, what, async move {
             let response = request.send().await.map_err(Error::from_reqwest)?;
             let status = response.status();
             if !status.is_success() {
@@ -347,11 +353,13 @@ async fn error_response(response: reqwest::Response) -> Error {
 async fn with_deadline<T>(deadline: Option<Duration>, fut: impl Future<Output = Result<T>>) -> Result<T> {
     match deadline {
         None => fut.await,
-        Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
-            Err(Error::timeout(format!(
-                "Upstream did not answer within the {:.3} s attempt deadline",
-                limit.as_secs_f64()
-            )))
-        }),
+        Some(limit) => with_timer(limit, "attempt deadline", fut).await,
     }
+}
+
+/// Bound `fut` by `limit`; `what` names the limit in the timeout message.
+async fn with_timer<T>(limit: Duration, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(Error::timeout(format!("Upstream did not answer within the {:.3} s {what}", limit.as_secs_f64())))
+    })
 }
