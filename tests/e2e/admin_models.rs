@@ -247,3 +247,38 @@ on_both_backends!(no_master_key_configured_refuses_writes, |url: String| async m
     assert_eq!((s, b["detail"].as_str()), (503, Some("No master key is configured")));
     app.stop().await;
 });
+
+on_both_backends!(one_name_one_mode_and_no_route_group_key, |url: String| async move {
+    let app = TestApp::start(&url, test_settings()).await;
+    let chat = json!({"model_name": "shared", "deployment_id": "chat-1",
+        "deltallm_params": {"provider": "vllm", "model": "m", "api_base": "http://127.0.0.1:9/v1"}});
+    assert_eq!(app.post("/ui/api/models", &chat).await.0, 200);
+
+    // A second deployment of the name with another mode would receive chat requests.
+    let emb = json!({"model_name": "shared", "deployment_id": "emb-1",
+        "deltallm_params": {"provider": "vllm", "model": "e5", "api_base": "http://127.0.0.1:9/v1"},
+        "model_info": {"mode": "embedding"}});
+    let (s, b) = app.post("/ui/api/models", &emb).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        b["detail"],
+        "Deployments of model 'shared' must share one mode: 'chat-1' is chat, this one is embedding"
+    );
+    assert_eq!(app.get("/ui/api/models/emb-1").await.0, 404, "nothing stored");
+
+    // Model names and route-group keys share one namespace (ADM-6), on create and on rename.
+    assert_eq!(app.post("/ui/api/route-groups", &json!({"group_key": "support"})).await.0, 200);
+    let (s, b) = app
+        .post(
+            "/ui/api/models",
+            &json!({"model_name": "support", "deltallm_params": {"provider": "vllm", "model": "m", "api_base": "http://h/v1"}}),
+        )
+        .await;
+    assert_eq!(s, 409, "{b}");
+    assert_eq!(b["detail"], "Model name 'support' is already a route group key; callable keys must be unique");
+    let (s, _) = app.put("/ui/api/models/chat-1", &json!({"model_name": "support"})).await;
+    assert_eq!(s, 409);
+    let (_, kept) = app.get("/ui/api/models/chat-1").await;
+    assert_eq!(kept["model_name"], "shared", "a refused rename changes nothing");
+    app.stop().await;
+});

@@ -72,6 +72,55 @@ on_both_backends!(invalid_config_entries_abort_start_naming_the_entry, |url: Str
     assert_eq!(store.count_deployments().await.unwrap(), 0, "nothing half-written");
 });
 
+on_both_backends!(config_entries_link_stored_named_credentials, |url: String| async move {
+    // A credential created through the admin API, then referenced from config.
+    let app = TestApp::start(&url, test_settings()).await;
+    let (s, cred) = app
+        .post(
+            "/ui/api/named-credentials",
+            &json!({"credential_id": "shared-vllm", "name": "Shared vLLM", "provider": "vllm",
+                    "connection_config": {"api_base": "http://127.0.0.1:9/cred/v1", "api_key": "sk-cred"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{cred}");
+    app.stop().await;
+
+    let mut settings = test_settings();
+    settings.config_model_list =
+        vec![entry(json!({"model_name": "linked", "deployment_id": "linked-1", "named_credential_id": "shared-vllm",
+               "deltallm_params": {"provider": "vllm", "model": "m", "api_base": "http://ignored/v1"}}))];
+    let app = TestApp::start(&url, settings.clone()).await;
+    let (s, got) = app.get("/ui/api/models/linked-1").await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(got["credential_source"], "named");
+    assert_eq!(got["connection_summary"]["api_base"], "http://127.0.0.1:9/cred/v1", "the credential wins");
+    app.stop().await;
+
+    // An id that names no stored credential stops start-up and says which one.
+    settings.config_model_list[0] = entry(
+        json!({"model_name": "other", "named_credential_id": "nope", "deltallm_params": {"provider": "vllm", "model": "m"}}),
+    );
+    settings.deployment_source = DeploymentSource::ConfigOnly;
+    let store = deltallm_bootstrap::connect_store(&url, test_key_ring()).await.unwrap();
+    let err = Gateway::start(store, settings).await.err().expect("start must fail").to_string();
+    assert!(err.contains("model_list[0] (other): named credential 'nope' does not exist"), "{err}");
+});
+
+on_both_backends!(db_only_refuses_to_start_on_an_empty_database, |url: String| async move {
+    let mut settings = test_settings();
+    settings.deployment_source = DeploymentSource::DbOnly;
+    let store = deltallm_bootstrap::connect_store(&url, test_key_ring()).await.unwrap();
+    let err = Gateway::start(store, settings.clone()).await.err().expect("start must fail").to_string();
+    assert!(err.contains("db_only but the database holds no deployments"), "{err}");
+    // With a model_list to bootstrap from, the same source starts and serves it.
+    settings.config_model_list =
+        vec![entry(json!({"model_name": "boot", "deltallm_params": {"provider": "vllm", "model": "m"}}))];
+    let app = TestApp::start(&url, settings).await;
+    let (_, models) = app.get("/v1/models").await;
+    assert_eq!(models["data"][0]["id"], "boot", "{models}");
+    app.stop().await;
+});
+
 on_both_backends!(config_only_source_serves_config_without_touching_the_database, |url: String| async move {
     let mut settings = test_settings();
     settings.deployment_source = DeploymentSource::ConfigOnly;

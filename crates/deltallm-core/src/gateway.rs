@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use deltallm_domain::deployment::{self, Deployment, WriteRules};
+use deltallm_domain::credential::NamedCredential;
+use deltallm_domain::deployment::{self, Deployment, LinkedCredential, WriteRules};
 use deltallm_providers::{HttpSettings, Providers};
 use deltallm_router::CooldownPolicy;
 use deltallm_storage::Store;
@@ -34,14 +35,32 @@ pub(crate) struct Inner {
 
 /// Turn config `model_list` entries into records, validated with the same
 /// rules as the admin API (config may infer provider and omit api_base).
-fn config_deployments(settings: &GatewaySettings) -> Result<Vec<Deployment>, String> {
+/// Entries may link a stored named credential by `named_credential_id`.
+fn config_deployments(settings: &GatewaySettings, credentials: &[NamedCredential]) -> Result<Vec<Deployment>, String> {
     let now = chrono::Utc::now();
     let mut out = Vec::with_capacity(settings.config_model_list.len());
     for (index, input) in settings.config_model_list.iter().enumerate() {
         let name = input.model_name.clone();
-        let valid = deployment::validate(input.clone(), None, WriteRules::CONFIG)
-            .map_err(|e| format!("model_list[{index}] ({name}): {e}"))?;
+        let linked = input.named_credential_id.as_deref().and_then(|id| {
+            credentials
+                .iter()
+                .find(|c| c.credential_id == id)
+                .map(|c| LinkedCredential { provider: &c.provider, connection_config: &c.connection_config })
+        });
+        let valid = deployment::validate(input.clone(), linked, WriteRules::CONFIG).map_err(|e| {
+            match (&input.named_credential_id, linked) {
+                (Some(id), None) => format!("model_list[{index}] ({name}): named credential '{id}' does not exist"),
+                _ => format!("model_list[{index}] ({name}): {e}"),
+            }
+        })?;
         let input = valid.input;
+        let earlier = out.iter().filter(|d: &&Deployment| d.model_name == input.model_name);
+        deployment::check_shared_mode(
+            &input.model_name,
+            valid.mode,
+            earlier.map(|d| (d.deployment_id.as_str(), d.mode())),
+        )
+        .map_err(|e| format!("model_list[{index}] ({name}): {e}"))?;
         out.push(Deployment {
             deployment_id: input.deployment_id.unwrap_or_else(|| format!("{}-{index}", input.model_name)),
             model_name: input.model_name,
@@ -90,7 +109,8 @@ impl Gateway {
                 store.key_ring().current_id()
             )));
         }
-        let from_config = config_deployments(&settings).map_err(StartError::Config)?;
+        let credentials = store.all_credentials().await?;
+        let from_config = config_deployments(&settings, &credentials).map_err(StartError::Config)?;
         if settings.deployment_source != DeploymentSource::ConfigOnly
             && settings.bootstrap_from_config
             && !from_config.is_empty()
@@ -106,6 +126,13 @@ impl Gateway {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+        // CFG-4: db_only serves the database alone, so an empty one is a misconfiguration.
+        if settings.deployment_source == DeploymentSource::DbOnly && store.count_deployments().await? == 0 {
+            return Err(StartError::Config(
+                "model_deployment_source is db_only but the database holds no deployments; bootstrap them from model_list or start with hybrid"
+                    .into(),
+            ));
         }
         let providers = Providers::new(&HttpSettings {
             connect_timeout: settings.upstream_connect_timeout,
@@ -172,19 +199,20 @@ impl Gateway {
     /// snapshot. In-flight requests keep the snapshot they loaded.
     pub async fn rebuild_registry(&self) -> Result<(), deltallm_storage::Error> {
         let inner = &self.inner;
+        let credentials = inner.store.all_credentials().await?;
+        let from_config = || config_deployments(&inner.settings, &credentials).unwrap_or_default();
         let deployments = match inner.settings.deployment_source {
-            DeploymentSource::ConfigOnly => config_deployments(&inner.settings).unwrap_or_default(),
+            DeploymentSource::ConfigOnly => from_config(),
             DeploymentSource::DbOnly => inner.store.all_deployments().await?,
             DeploymentSource::Hybrid => match inner.store.all_deployments().await {
                 Ok(rows) if !rows.is_empty() => rows,
-                Ok(_) => config_deployments(&inner.settings).unwrap_or_default(),
+                Ok(_) => from_config(),
                 Err(e) => {
                     tracing::warn!(error = %e, "database unavailable; serving config deployments");
-                    config_deployments(&inner.settings).unwrap_or_default()
+                    from_config()
                 }
             },
         };
-        let credentials = inner.store.all_credentials().await?;
         let route_groups = match inner.settings.deployment_source {
             DeploymentSource::ConfigOnly => Default::default(),
             DeploymentSource::DbOnly => inner.store.route_group_snapshot().await?,

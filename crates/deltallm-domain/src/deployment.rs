@@ -517,11 +517,37 @@ pub fn access_group_warning(model_name: &str, lists: &[(String, Vec<String>)]) -
     ))
 }
 
+/// DEP-3/RUN-4: the deployments of one public name form one model group, so
+/// they must serve one workload mode (a chat request may go to any of them).
+/// `others` holds (deployment_id, mode) of the name's other deployments.
+pub fn check_shared_mode<'a>(
+    model_name: &str,
+    mode: Mode,
+    others: impl IntoIterator<Item = (&'a str, Mode)>,
+) -> Result<()> {
+    for (id, other) in others {
+        if other != mode {
+            return Err(Error::invalid(format!(
+                "Deployments of model '{model_name}' must share one mode: '{id}' is {other}, this one is {mode}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn deployments_of_one_name_share_one_mode() {
+        assert!(check_shared_mode("m", Mode::Chat, []).is_ok());
+        assert!(check_shared_mode("m", Mode::Chat, [("a", Mode::Chat), ("b", Mode::Chat)]).is_ok());
+        let err = check_shared_mode("m", Mode::Chat, [("a", Mode::Chat), ("e", Mode::Embedding)]).unwrap_err();
+        assert_eq!(err.to_string(), "Deployments of model 'm' must share one mode: 'e' is embedding, this one is chat");
+    }
 
     fn input(v: Value) -> DeploymentInput {
         DeploymentInput::from_json(&v).expect("shape")

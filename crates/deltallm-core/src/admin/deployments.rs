@@ -269,6 +269,29 @@ impl Gateway {
         Ok(access_group_warning(model_name, &lists).into_iter().collect())
     }
 
+    /// A public name must not be a route-group key (one callable namespace,
+    /// ADM-6) and its deployments must share one mode (DEP-3).
+    async fn check_name_fits(&self, record: &Deployment, mode: deployment::Mode) -> Result<()> {
+        if self.store().get_route_group(&record.model_name).await?.is_some() {
+            return Err(Error::new(
+                ApiErrorKind::Conflict,
+                format!(
+                    "Model name '{}' is already a route group key; callable keys must be unique",
+                    record.model_name
+                ),
+            ));
+        }
+        let same = self.store().deployments_named(&record.model_name).await?;
+        deployment::check_shared_mode(
+            &record.model_name,
+            mode,
+            same.iter()
+                .filter(|d| d.deployment_id != record.deployment_id)
+                .map(|d| (d.deployment_id.as_str(), d.mode())),
+        )?;
+        Ok(())
+    }
+
     async fn finish_write(&self, record: &Deployment) -> Result<ModelWrite> {
         let warnings = self.warnings_for(&record.model_name).await?;
         if let Err(e) = self.rebuild_registry().await {
@@ -305,6 +328,7 @@ impl Gateway {
             created_at: now,
             updated_at: now,
         };
+        self.check_name_fits(&record, valid.mode).await?;
         self.store().insert_deployment(&record).await?;
         tracing::info!(deployment_id = %record.deployment_id, model_name = %record.model_name, provider = %valid.provider, "deployment created");
         super::audit::record(
@@ -341,6 +365,7 @@ impl Gateway {
             created_at: stored.created_at,
             updated_at: Utc::now(),
         };
+        self.check_name_fits(&record, valid.mode).await?;
         self.store().update_deployment(&record).await?;
         tracing::info!(deployment_id = %record.deployment_id, "deployment updated");
         super::audit::record(
