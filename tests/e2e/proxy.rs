@@ -414,3 +414,41 @@ on_both_backends!(an_upstream_that_echoes_the_key_cannot_leak_it, |url: String| 
     assert!(!probe.to_string().contains("sk-echo-canary-0001"), "{probe}");
     app.stop().await;
 });
+
+on_both_backends!(streams_are_priced_from_the_usage_the_gateway_asks_for, |url: String| async move {
+    // The mock sends a usage chunk only when asked, like OpenAI does.
+    struct UsageWhenAsked;
+    impl wiremock::Respond for UsageWhenAsked {
+        fn respond(&self, req: &wiremock::Request) -> ResponseTemplate {
+            let body: Value = req.body_json().unwrap();
+            let mut sse = String::from("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n");
+            if body["stream_options"]["include_usage"] == true {
+                sse.push_str("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":50,\"total_tokens\":150}}\n\n");
+            }
+            sse.push_str("data: [DONE]\n\n");
+            ResponseTemplate::new(200).insert_header("content-type", "text/event-stream").set_body_string(sse)
+        }
+    }
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(UsageWhenAsked).mount(&upstream).await;
+    let app = TestApp::start(&url, test_settings()).await;
+    add(&app, "s", "s-vllm", "vllm", &format!("{}/v1", upstream.uri()), json!({})).await;
+    add(&app, "o", "s-ollama", "ollama", &format!("{}/v1", upstream.uri()), json!({})).await;
+
+    let text = stream_request(&app).await.text().await.unwrap();
+    assert!(text.contains("\"hi\"") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(!text.contains("usage"), "the client did not ask for the usage chunk: {text}");
+    let o = chat(&app, json!({"model": "o", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(o.status(), 200);
+    o.text().await.unwrap();
+
+    app.gateway.flush_spend().await;
+    let rows = app.gateway.store().recent_spend(5).await.unwrap();
+    let vllm = rows.iter().find(|r| r.deployment_id.as_deref() == Some("s-vllm")).unwrap();
+    assert_eq!((vllm.prompt_tokens, vllm.completion_tokens), (100, 50));
+    assert!((vllm.spend - (100.0 * 0.000001 + 50.0 * 0.000002)).abs() < 1e-12, "{}", vllm.spend);
+    let ollama = rows.iter().find(|r| r.deployment_id.as_deref() == Some("s-ollama")).unwrap();
+    assert_eq!(ollama.spend, 0.0);
+    assert_eq!(ollama.unpriced_reason.as_deref(), Some("upstream stream reported no usage"));
+    app.stop().await;
+});

@@ -61,7 +61,7 @@ impl State {
         if total > 0 {
             self.deployment.state.add_usage(0, total, UnixMs::now());
         }
-        let record = spend.served(
+        let mut record = spend.served(
             &self.deployment,
             Endpoint::ChatCompletions,
             &units,
@@ -71,6 +71,10 @@ impl State {
             http_status,
             error_type,
         );
+        if self.usage.get().is_none() && record.unpriced_reason.is_none() {
+            // Say why a served stream costs 0 rather than record a silent zero.
+            record.unpriced_reason = Some("upstream stream reported no usage".to_owned());
+        }
         self.gateway.record_spend(record);
     }
 }

@@ -138,6 +138,18 @@ pub fn allows_custom_auth(provider: &str) -> bool {
     lookup(provider).is_some_and(|p| p.custom_auth)
 }
 
+/// Does this provider's streaming chat API accept `stream_options.include_usage`?
+/// The gateway then asks for the final usage chunk on every stream, so
+/// streamed requests are priced (SPEND-1) even when the client did not ask.
+/// Providers not listed (perplexity, lmstudio, ollama, unknown) get the
+/// client's body unchanged: an unknown field could be refused.
+pub fn accepts_stream_usage_option(provider: &str) -> bool {
+    matches!(
+        canonical(provider).as_str(),
+        "openai" | "azure_openai" | "vllm" | "groq" | "together" | "fireworks" | "deepinfra" | "openrouter"
+    )
+}
+
 /// Wire family; unknown providers are treated as OpenAI-compatible (VAL-4).
 pub fn family(provider: &str) -> WireFamily {
     lookup(provider).map_or(WireFamily::OpenAiCompatible, |p| p.family)

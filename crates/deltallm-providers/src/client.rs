@@ -109,7 +109,10 @@ pub enum FormValue {
 /// Which response translation a request needs.
 #[derive(Clone, Copy)]
 enum Wire {
-    OpenAi,
+    /// `hide_usage_chunk`: the gateway asked for a usage chunk the client did not.
+    OpenAi {
+        hide_usage_chunk: bool,
+    },
     Anthropic,
     Gemini,
 }
@@ -158,8 +161,8 @@ impl Providers {
         }
         let (content_type, bytes) = self.unary(conn, request, deadline).await?;
         match wire {
-            Wire::OpenAi if op == Operation::AudioSpeech => Ok(Reply::Binary { content_type, body: bytes }),
-            Wire::OpenAi => Ok(Reply::Json { usage: openai::response_usage(op, &bytes), body: bytes }),
+            Wire::OpenAi { .. } if op == Operation::AudioSpeech => Ok(Reply::Binary { content_type, body: bytes }),
+            Wire::OpenAi { .. } => Ok(Reply::Json { usage: openai::response_usage(op, &bytes), body: bytes }),
             Wire::Anthropic => anthropic::response(conn, &bytes).map(|(body, u)| Reply::Json { body, usage: Some(u) }),
             Wire::Gemini => gemini::response(conn, &bytes).map(|(body, u)| Reply::Json { body, usage: Some(u) }),
         }
@@ -303,7 +306,8 @@ impl Providers {
         let body = response.bytes_stream().boxed();
         let stream = match wire {
             Wire::Anthropic => ChatStream::new(body, AnthropicSse::new(conn), idle),
-            Wire::OpenAi | Wire::Gemini => ChatStream::new(body, OpenAiSse::default(), idle),
+            Wire::OpenAi { hide_usage_chunk } => ChatStream::new(body, OpenAiSse::new(hide_usage_chunk), idle),
+            Wire::Gemini => ChatStream::new(body, OpenAiSse::new(false), idle),
         };
         Ok(Reply::Stream(stream))
     }
@@ -316,7 +320,10 @@ fn prepare(conn: &Connection, op: Operation, body: &RequestBody<'_>, stream: boo
         WireFamily::OpenAiCompatible if op.is_chat_family() && !conn.is_known_provider() => {
             Err(Error::invalid(format!("Unsupported provider '{}' for chat endpoint", conn.provider())))
         }
-        WireFamily::OpenAiCompatible | WireFamily::Azure => Ok((Wire::OpenAi, openai::request_body(conn, body))),
+        WireFamily::OpenAiCompatible | WireFamily::Azure => {
+            let inject = openai::injects_stream_usage(conn, op, body);
+            Ok((Wire::OpenAi { hide_usage_chunk: inject }, openai::request_body(conn, body, inject)))
+        }
         WireFamily::Anthropic if op == Operation::Chat => Ok((Wire::Anthropic, anthropic::request_body(conn, body)?)),
         WireFamily::Gemini if op == Operation::Chat && stream => {
             Err(Error::invalid("Streaming is not supported for provider 'gemini'"))

@@ -58,6 +58,8 @@ pub struct Connection {
     read_timeout: Option<Duration>,
     defaults: Arc<[(Box<str>, Box<RawValue>)]>,
     rename_max_tokens: bool,
+    /// The upstream accepts `stream_options.include_usage` (resolved once here).
+    stream_usage_option: bool,
     bedrock_ready: bool,
     /// Secret values of this connection (api key, aws_*), kept only to scrub
     /// them from upstream error text: some upstreams echo the key they got.
@@ -202,6 +204,7 @@ impl Connection {
             read_timeout,
             defaults: defaults.into(),
             rename_max_tokens,
+            stream_usage_option: deltallm_domain::provider::accepts_stream_usage_option(&canonical),
             bedrock_ready,
             secrets: secrets.into(),
         })
@@ -253,6 +256,10 @@ impl Connection {
 
     pub(crate) fn rename_max_tokens(&self) -> bool {
         self.rename_max_tokens
+    }
+
+    pub(crate) fn stream_usage_option(&self) -> bool {
+        self.stream_usage_option
     }
 
     pub(crate) fn bedrock_ready(&self) -> bool {

@@ -21,8 +21,34 @@ fn upstream_key<'k>(conn: &Connection, key: &'k str) -> &'k str {
     if key == "max_tokens" && conn.rename_max_tokens() { "max_completion_tokens" } else { key }
 }
 
-/// The upstream JSON body.
-pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Vec<u8> {
+/// Should the gateway ask this stream's upstream for a usage chunk the client
+/// did not request? Streams are priced from that chunk (SPEND-1); the client
+/// does not see it (see [`crate::sse::OpenAiSse`]).
+pub(crate) fn injects_stream_usage(conn: &Connection, op: Operation, body: &RequestBody<'_>) -> bool {
+    #[derive(Deserialize)]
+    struct StreamOptions {
+        include_usage: Option<bool>,
+    }
+    op.is_chat_family()
+        && body.stream()
+        && conn.stream_usage_option()
+        && !matches!(
+            body.parse_field::<StreamOptions>("stream_options"),
+            Ok(Some(StreamOptions { include_usage: Some(true) }))
+        )
+}
+
+/// The client's `stream_options` with `include_usage: true` added.
+fn with_include_usage(client: Option<&serde_json::value::RawValue>) -> String {
+    let mut options = client
+        .and_then(|raw| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()).ok())
+        .unwrap_or_default();
+    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::Value::Object(options).to_string()
+}
+
+/// The upstream JSON body. `inject_usage` comes from [`injects_stream_usage`].
+pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>, inject_usage: bool) -> Vec<u8> {
     let mut out =
         ObjectWriter::with_capacity(body.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + 64);
     out.raw("model", conn.model_json());
@@ -32,9 +58,13 @@ pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Vec<u8>
     for (key, value) in body.iter() {
         match key {
             "model" | "metadata" => continue,
+            "stream_options" if inject_usage => continue,
             "max_tokens" if conn.rename_max_tokens() && has_new_name => continue,
             _ => out.raw(upstream_key(conn, key), value.get()),
         }
+    }
+    if inject_usage {
+        out.raw("stream_options", &with_include_usage(body.get("stream_options")));
     }
     for (key, value) in conn.defaults() {
         let key = upstream_key(conn, key);
@@ -81,7 +111,7 @@ mod tests {
     fn rewrite(c: &Connection, client: Value) -> Value {
         let bytes = serde_json::to_vec(&client).unwrap();
         let body = RequestBody::parse(&bytes).unwrap();
-        serde_json::from_slice(&request_body(c, &body)).unwrap()
+        serde_json::from_slice(&request_body(c, &body, false)).unwrap()
     }
 
     #[test]

@@ -121,6 +121,24 @@ pub(crate) trait Translate: Send + 'static {
 #[derive(Default)]
 pub(crate) struct OpenAiSse {
     usage: Option<Usage>,
+    /// Drop the usage-only chunk (empty `choices`): the gateway requested it
+    /// for pricing, and a client that did not ask may not expect it.
+    hide_usage_chunk: bool,
+}
+
+impl OpenAiSse {
+    pub(crate) fn new(hide_usage_chunk: bool) -> Self {
+        Self { usage: None, hide_usage_chunk }
+    }
+}
+
+/// Is this chunk the usage-only one (`"choices": []`)?
+fn has_no_choices(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Choices {
+        choices: Option<Vec<serde::de::IgnoredAny>>,
+    }
+    serde_json::from_slice::<Choices>(payload).is_ok_and(|c| c.choices.is_none_or(|c| c.is_empty()))
 }
 
 impl Translate for OpenAiSse {
@@ -142,6 +160,9 @@ impl Translate for OpenAiSse {
             && let Some(u) = usage::from_body(&payload)
         {
             self.usage = Some(u);
+            if self.hide_usage_chunk && has_no_choices(&payload) {
+                return Step::Skip;
+            }
         }
         Step::Emit(payload)
     }

@@ -250,3 +250,58 @@ async fn bedrock_calls_are_refused_locally() {
     let err = providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap_err();
     assert_eq!((err.class, err.message.as_str()), (ErrorClass::InvalidRequest, "Bedrock is not supported yet"));
 }
+
+/// SSE body: one content chunk, the usage-only chunk, `[DONE]`.
+fn sse_with_usage() -> ResponseTemplate {
+    ResponseTemplate::new(200).insert_header("content-type", "text/event-stream").set_body_string(concat!(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\n",
+        "data: [DONE]\n\n"
+    ))
+}
+
+async fn stream_through(provider: &str, client: serde_json::Value) -> (Vec<String>, Option<Usage>, serde_json::Value) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).and(path("/v1/chat/completions")).respond_with(sse_with_usage()).mount(&server).await;
+    let c = conn(provider, &format!("{}/v1", server.uri()), json!({"model": "m"}), None);
+    let client = bytes(&client);
+    let Reply::Stream(stream) = providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap() else {
+        panic!("expected a stream")
+    };
+    let usage = stream.usage();
+    let chunks: Vec<String> = futures_util::StreamExt::collect::<Vec<_>>(stream)
+        .await
+        .into_iter()
+        .map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap())
+        .collect();
+    (chunks, usage.get(), json_body(&only_request(&server).await))
+}
+
+#[tokio::test]
+async fn streams_ask_for_usage_so_they_can_be_priced() {
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    // Client did not ask: the gateway asks (keeping the client's other options) and hides the extra chunk.
+    let (chunks, usage, sent) = stream_through(
+        "vllm",
+        json!({"model": "x", "messages": msgs, "stream": true, "stream_options": {"continuous_usage_stats": false}}),
+    )
+    .await;
+    assert_eq!(sent["stream_options"], json!({"continuous_usage_stats": false, "include_usage": true}));
+    assert_eq!(chunks, [r#"{"choices":[{"index":0,"delta":{"content":"hi"}}]}"#]);
+    assert_eq!(usage.map(|u| u.total_tokens), Some(6));
+
+    // Client asked: body unchanged, usage chunk forwarded.
+    let (chunks, _, sent) = stream_through(
+        "openai",
+        json!({"model": "x", "messages": msgs, "stream": true, "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
+
+    // Providers not known to accept the option get the client's body as sent.
+    let (chunks, usage, sent) = stream_through("ollama", json!({"model": "x", "messages": msgs, "stream": true})).await;
+    assert!(sent.get("stream_options").is_none(), "{sent}");
+    assert_eq!(chunks.len(), 2, "nothing hidden when nothing was injected");
+    assert_eq!(usage.map(|u| u.total_tokens), Some(6));
+}
