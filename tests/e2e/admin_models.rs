@@ -282,3 +282,41 @@ on_both_backends!(one_name_one_mode_and_no_route_group_key, |url: String| async 
     assert_eq!(kept["model_name"], "shared", "a refused rename changes nothing");
     app.stop().await;
 });
+
+on_both_backends!(a_failed_health_check_cools_down_and_then_routes_again, |url: String| async move {
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET")).and(path("/v1/models")).respond_with(ResponseTemplate::new(502)).mount(&upstream).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "c", "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]})))
+        .mount(&upstream)
+        .await;
+    let mut settings = test_settings();
+    settings.router.cooldown_time = 1.0;
+    let app = TestApp::start(&url, settings).await;
+    assert_eq!(app.post("/ui/api/models", &vllm_payload(&format!("{}/v1", upstream.uri()))).await.0, 200);
+
+    let (_, probe) = app.post("/ui/api/models/vllm/llama-3-8b/health-check", &json!({})).await;
+    assert_eq!(probe["healthy"], false, "{probe}");
+    assert_eq!(probe["health"]["in_cooldown"], true, "{probe}");
+    let call = || async {
+        app.client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(MASTER_KEY)
+            .json(&json!({"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+    };
+    let refused = call().await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.json::<Value>().await.unwrap()["error"]["code"], "no_healthy_deployments");
+
+    // Without background checks nothing probes again: the cooldown's end alone restores routing.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(call().await.status(), 200);
+    let (_, got) = app.get("/ui/api/models/vllm/llama-3-8b").await;
+    assert_eq!(got["healthy"], true, "a served request marks it healthy again: {got}");
+    app.stop().await;
+});

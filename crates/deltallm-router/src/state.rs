@@ -165,9 +165,13 @@ impl DeploymentState {
         self.note_failure(error, policy, now)
     }
 
-    /// Record a background health-check result (RUN-21). Success marks the
-    /// deployment healthy and clears cooldown and streak; failure marks it
-    /// unhealthy until a later success and counts as a failure.
+    /// Record a health-check result (RUN-21/22). Success marks the
+    /// deployment healthy and clears cooldown and streak. Failure marks it
+    /// unhealthy, counts as a failure and cools it down at once for
+    /// `policy.cooldown`: the probe already showed the upstream is down.
+    /// Once that cooldown expires it is selectable again, so a deployment
+    /// never stays out of routing just because no later probe ran (with
+    /// background checks off); the flag clears on the next success.
     pub fn mark_probe(&self, ok: bool, error: Option<&str>, policy: &CooldownPolicy, now: UnixMs) {
         if ok {
             self.healthy.store(HEALTH_TRUE, Relaxed);
@@ -177,14 +181,16 @@ impl DeploymentState {
         } else {
             self.healthy.store(HEALTH_FALSE, Relaxed);
             self.note_failure(error.unwrap_or("health check failed"), policy, now);
+            self.cooldown_until.fetch_max(now.saturating_add(policy.cooldown).0, Relaxed);
         }
     }
 
-    /// RUN-20: selectable unless the health flag is false or a cooldown is
-    /// running. Cooldown expiry alone makes it selectable again (RUN-13 note).
+    /// RUN-20: selectable unless a cooldown is running (request failures
+    /// past `allowed_fails`, or a failed probe). Cooldown expiry alone makes
+    /// it selectable again (RUN-13 note).
     #[inline]
     pub fn is_available(&self, now: UnixMs) -> bool {
-        self.healthy.load(Relaxed) != HEALTH_FALSE && !self.in_cooldown(now)
+        !self.in_cooldown(now)
     }
 
     /// Is a cooldown running at `now`?
@@ -479,16 +485,18 @@ mod tests {
     }
 
     #[test]
-    fn probe_failure_marks_unhealthy_until_probe_success() {
+    fn probe_failure_cools_down_and_the_flag_clears_on_success() {
         let s = DeploymentState::new();
         s.mark_probe(false, Some("connect refused"), &policy(), T0);
         assert!(!s.is_available(T0));
         assert_eq!(s.consecutive_failures(), 1);
-        // No cooldown involved: time alone does not restore it.
-        assert!(!s.is_available(T0.saturating_add(Duration::from_secs(3600))));
+        assert_eq!(s.health_flag(), Some(false));
+        // Selectable again once the cooldown passes, even if no probe runs again.
+        assert!(!s.is_available(T0.saturating_add(policy().cooldown - Duration::from_millis(1))));
+        assert!(s.is_available(T0.saturating_add(policy().cooldown)));
         s.mark_probe(true, None, &policy(), T0);
         assert!(s.is_available(T0));
-        assert_eq!(s.consecutive_failures(), 0);
+        assert_eq!((s.consecutive_failures(), s.health_flag()), (0, Some(true)));
     }
 
     #[test]

@@ -1,7 +1,5 @@
 //! Deployment administration (ADM-2, ADM-3, ADM-4, DEP-3, RUN-22).
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use deltallm_domain::credential::NamedCredential;
 use deltallm_domain::deployment::{
@@ -18,7 +16,6 @@ use crate::registry::ResolvedDeployment;
 use crate::{Error, Gateway, Result};
 
 /// Probe deadline (RUN-21).
-const PROBE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// ADM-3 `connection_summary`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -407,26 +404,14 @@ impl Gateway {
                 None => Err(not_found()),
             };
         };
-        let (healthy, message, status_code) = match &resolved.connection {
-            None => {
-                (false, resolved.connection_error.clone().unwrap_or_else(|| "deployment cannot be called".into()), None)
-            }
-            Some(conn) => match self.providers().probe(conn, PROBE_DEADLINE).await {
-                Ok(p) => (true, p.message, p.status),
-                Err(e) => {
-                    let e = conn.scrub(e);
-                    (false, e.client_message(), e.status)
-                }
-            },
-        };
+        let outcome = self.probe_deployment(resolved, false).await;
         let now = UnixMs::now();
-        resolved.state.mark_probe(healthy, (!healthy).then_some(message.as_str()), &self.inner.cooldown, now);
         Ok(HealthCheckResult {
             deployment_id: id.to_owned(),
-            healthy,
+            healthy: outcome.healthy,
             health: resolved.state.snapshot(now),
-            message,
-            status_code,
+            message: outcome.message,
+            status_code: outcome.status_code,
             checked_at: Utc::now(),
         })
     }
