@@ -167,6 +167,7 @@ on_both_backends!(errors_have_the_openai_shape, |url: String| async move {
 
     let expect = |resp: reqwest::Response, status: u16, ty: &'static str, msg: &'static str| async move {
         assert_eq!(resp.status().as_u16(), status);
+        assert!(resp.headers().contains_key("x-deltallm-overhead-us"), "every /v1 answer reports overhead");
         let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"]["type"], ty, "{body}");
@@ -233,6 +234,12 @@ on_both_backends!(errors_have_the_openai_shape, |url: String| async move {
     assert!(text.contains("Provider error: 500") && !text.contains("stack trace"), "{text}");
     let anon = app.client.post(app.url("/v1/chat/completions")).json(&json!({"model": "bad"})).send().await.unwrap();
     expect(anon, 401, "authentication_error", "Authentication required").await;
+    let models = app.client.get(app.url("/v1/models")).bearer_auth(MASTER_KEY).send().await.unwrap();
+    assert!(models.headers().contains_key("x-deltallm-overhead-us"));
+    // Admin routes answer an oversized body in their own {"detail"} shape (CONV-1).
+    let (s, b) = app.post("/ui/api/models", &json!({"model_name": "x".repeat(5000)})).await;
+    assert_eq!(s, 413, "{b}");
+    assert!(b["detail"].as_str().unwrap().contains("max_request_body_bytes"), "{b}");
     app.stop().await;
 });
 

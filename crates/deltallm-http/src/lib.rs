@@ -15,18 +15,23 @@ mod openai;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use deltallm_core::Gateway;
+use axum::response::{IntoResponse, Response};
+use deltallm_core::{Error, Gateway};
+use deltallm_domain::ApiErrorKind;
+use http::{StatusCode, header};
 
 pub use error::{AdminError, ProxyError};
 
 /// The whole application: `/v1`, `/ui/api` and health routes.
 pub fn app(gateway: Gateway) -> Router {
     let limit = gateway.settings().max_request_body_bytes;
-    Router::new()
-        .merge(openai::routes())
-        .merge(admin::routes())
+    let admin = admin::routes()
         .merge(admin_credentials::routes())
         .merge(admin_route_groups::routes())
+        .layer(axum::middleware::map_response(admin_error_shape));
+    Router::new()
+        .merge(openai::routes())
+        .merge(admin)
         .merge(health::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gateway)
@@ -36,4 +41,19 @@ pub fn app(gateway: Gateway) -> Router {
 pub fn openai_routes(gateway: Gateway) -> Router {
     let limit = gateway.settings().max_request_body_bytes;
     openai::routes().layer(DefaultBodyLimit::max(limit)).with_state(gateway)
+}
+
+/// axum rejects an oversized body with plain text before a handler runs;
+/// admin clients get CONV-1's `{"detail"}` shape instead.
+async fn admin_error_shape(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        let message = "Request body is too large (general_settings.max_request_body_bytes)";
+        return AdminError(Error::new(ApiErrorKind::PayloadTooLarge, message)).into_response();
+    }
+    response
 }

@@ -36,8 +36,11 @@ pub fn routes() -> Router<Gateway> {
 }
 
 /// RUN-2: callable targets visible to the caller, sorted.
-async fn list_models(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ProxyError> {
-    gw.check_master_key(presented_key(&headers))?;
+async fn list_models(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    if let Err(e) = gw.check_master_key(presented_key(&headers)) {
+        return local(started, ProxyError(e).into_response());
+    }
     let registry = gw.registry();
     let created = registry.built_at;
     let data: Vec<_> = registry
@@ -45,7 +48,13 @@ async fn list_models(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Re
         .iter()
         .map(|k| json!({"id": k.as_ref(), "object": "model", "created": created, "owned_by": "deltallm"}))
         .collect();
-    Ok(Json(json!({"object": "list", "data": data})).into_response())
+    local(started, Json(json!({"object": "list", "data": data})).into_response())
+}
+
+/// A response the gateway produced without any upstream: all of its time is overhead.
+fn local(started: Instant, mut response: Response) -> Response {
+    put(response.headers_mut(), OVERHEAD, &started.elapsed().as_micros().to_string());
+    response
 }
 
 const ROUTE_GROUP: HeaderName = HeaderName::from_static("x-deltallm-route-group");
@@ -122,17 +131,17 @@ fn too_large(limit: usize) -> ProxyError {
 async fn proxy_json(State(gw): State<Gateway>, endpoint: Endpoint, req: Request) -> Response {
     let started = Instant::now();
     if let Err(e) = gw.check_master_key(presented_key(req.headers())) {
-        return ProxyError(e).into_response();
+        return local(started, ProxyError(e).into_response());
     }
     let limit = gw.settings().max_request_body_bytes;
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return too_large(limit).into_response();
+        return local(started, too_large(limit).into_response());
     }
     let body: Bytes = match axum::body::to_bytes(req.into_body(), limit).await {
         Ok(b) => b,
-        Err(_) => return too_large(limit).into_response(),
+        Err(_) => return local(started, too_large(limit).into_response()),
     };
     render(gw.proxy_json(endpoint, body, started).await)
 }
@@ -140,13 +149,21 @@ async fn proxy_json(State(gw): State<Gateway>, endpoint: Endpoint, req: Request)
 async fn transcription(State(gw): State<Gateway>, req: Request) -> Response {
     let started = Instant::now();
     if let Err(e) = gw.check_master_key(presented_key(req.headers())) {
-        return ProxyError(e).into_response();
+        return local(started, ProxyError(e).into_response());
     }
-    let invalid = |m: String| ProxyError(Error::invalid(m)).into_response();
+    match read_transcription(&gw, req).await {
+        Ok((model, fields)) => render(gw.proxy_transcription(&model, fields, started).await),
+        Err(response) => local(started, response),
+    }
+}
+
+/// The multipart form of a transcription request: its `model` and every field.
+async fn read_transcription(gw: &Gateway, req: Request) -> Result<(String, Vec<FormField>), Response> {
+    let invalid = |m: String| Err(ProxyError(Error::invalid(m)).into_response());
     let mut multipart = match Multipart::from_request(req, &()).await {
         Ok(m) => m,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return too_large(gw.settings().max_request_body_bytes).into_response();
+            return Err(too_large(gw.settings().max_request_body_bytes).into_response());
         }
         Err(e) => {
             return invalid(format!("Expected a multipart/form-data body: {}", e.body_text()));
@@ -159,7 +176,7 @@ async fn transcription(State(gw): State<Gateway>, req: Request) -> Response {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return too_large(gw.settings().max_request_body_bytes).into_response();
+                return Err(too_large(gw.settings().max_request_body_bytes).into_response());
             }
             Err(e) => return invalid(format!("Malformed multipart body: {}", e.body_text())),
         };
@@ -182,10 +199,10 @@ async fn transcription(State(gw): State<Gateway>, req: Request) -> Response {
         fields.push(FormField { name, value });
     }
     let Some(model) = model.filter(|m| !m.is_empty()) else {
-        return ProxyError(Error::invalid("'model' is required").with_param("model")).into_response();
+        return Err(ProxyError(Error::invalid("'model' is required").with_param("model")).into_response());
     };
     if !fields.iter().any(|f| f.name == "file") {
-        return ProxyError(Error::invalid("'file' is required").with_param("file")).into_response();
+        return Err(ProxyError(Error::invalid("'file' is required").with_param("file")).into_response());
     }
-    render(gw.proxy_transcription(&model, fields, started).await)
+    Ok((model, fields))
 }
