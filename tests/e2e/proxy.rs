@@ -126,8 +126,26 @@ on_both_backends!(unpriced_and_failed_requests_are_recorded_too, |url: String| a
     assert_eq!((ok.call_type.as_str(), ok.spend, ok.prompt_tokens), ("embedding", 0.0, 3));
     assert!(ok.unpriced_reason.is_some());
     assert_eq!(ok.provider, "vllm");
-    let failed = rows.iter().find(|r| r.status == "failure").expect("failure row");
+    let failed = rows.iter().find(|r| r.status == "failure" && r.model == "emb").expect("failure row");
     assert_eq!((failed.http_status_code, failed.spend), (400, 0.0));
+    // A body the gateway cannot even read is still one spend event (SPEND-3).
+    let malformed = app
+        .client
+        .post(app.url("/v1/embeddings"))
+        .bearer_auth(MASTER_KEY)
+        .header("content-type", "application/json")
+        .body("{\"model\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    app.gateway.flush_spend().await;
+    let rows = app.gateway.store().recent_spend(10).await.unwrap();
+    assert_eq!(rows.len(), 3, "one event per request");
+    assert_eq!(
+        (rows[0].call_type.as_str(), rows[0].model.as_str(), rows[0].status.as_str(), rows[0].http_status_code),
+        ("embedding", "", "failure", 400)
+    );
     app.stop().await;
 });
 

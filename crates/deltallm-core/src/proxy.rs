@@ -200,6 +200,30 @@ fn units_of(endpoint: Endpoint, usage: Option<&Usage>, body: Option<&RequestBody
     u
 }
 
+/// The fields the gateway itself reads from a JSON body: `model`,
+/// `metadata.tags` and `stream`, checked for type.
+type Checked<'a> = (Cow<'a, str>, Vec<Cow<'a, str>>, bool);
+
+fn check_request<'a>(parsed: &RequestBody<'a>, endpoint: Endpoint) -> Result<Checked<'a>> {
+    let model = match parsed.get("model") {
+        None => return Err(Error::invalid("'model' is required").with_param("model")),
+        Some(_) => parsed
+            .model()
+            .filter(|m| !m.trim().is_empty())
+            .ok_or_else(|| Error::invalid("'model' must be a non-empty string").with_param("model"))?,
+    };
+    let metadata: Option<Metadata<'a>> = parsed
+        .parse_field("metadata")
+        .map_err(|_| Error::invalid("'metadata' must be an object").with_param("metadata"))?;
+    let tags: Vec<Cow<'a, str>> =
+        metadata.and_then(|m| m.tags).unwrap_or_default().into_iter().filter(|s| !s.is_empty()).collect();
+    let stream = parsed.stream();
+    if stream && endpoint != Endpoint::ChatCompletions && endpoint != Endpoint::Completions {
+        return Err(Error::invalid(format!("stream is not supported on {}", endpoint.path())).with_param("stream"));
+    }
+    Ok((model, tags, stream))
+}
+
 impl Gateway {
     fn resolve_target(&self, model: &str, endpoint: Endpoint) -> Result<(Arc<crate::registry::Registry>, Arc<Entry>)> {
         let registry = self.registry();
@@ -226,30 +250,15 @@ impl Gateway {
         body: Bytes,
         started: Instant,
     ) -> Result<ProxyResponse, ProxyError> {
-        let parsed = RequestBody::parse(&body).map_err(|e| Error::invalid(e.message))?;
-        let model = match parsed.get("model") {
-            None => {
-                return Err(Error::invalid("'model' is required").with_param("model").into());
-            }
-            Some(_) => parsed
-                .model()
-                .filter(|m| !m.trim().is_empty())
-                .ok_or_else(|| Error::invalid("'model' must be a non-empty string").with_param("model"))?,
+        let parsed = match RequestBody::parse(&body) {
+            Ok(p) => p,
+            Err(e) => return self.rejected(endpoint, Error::invalid(e.message), started),
         };
-        let metadata: Option<Metadata<'_>> = parsed
-            .parse_field("metadata")
-            .map_err(|_| Error::invalid("'metadata' must be an object").with_param("metadata"))?;
-        let tags: Vec<&str> = metadata
-            .as_ref()
-            .and_then(|m| m.tags.as_ref())
-            .map(|t| t.iter().map(|s| s.as_ref()).filter(|s| !s.is_empty()).collect())
-            .unwrap_or_default();
-        let stream = parsed.stream();
-        if stream && endpoint != Endpoint::ChatCompletions && endpoint != Endpoint::Completions {
-            return Err(Error::invalid(format!("stream is not supported on {}", endpoint.path()))
-                .with_param("stream")
-                .into());
-        }
+        let (model, tags, stream) = match check_request(&parsed, endpoint) {
+            Ok(checked) => checked,
+            Err(e) => return self.rejected(endpoint, e, started),
+        };
+        let tags: Vec<&str> = tags.iter().map(AsRef::as_ref).collect();
         let spend = SpendContext::new(endpoint.call_type(), &model, stream, &tags);
         let result = match self.resolve_target(&model, endpoint) {
             Ok((registry, entry)) => {
@@ -258,6 +267,15 @@ impl Gateway {
             Err(e) => Err(e.into()),
         };
         self.finish(result, endpoint, Some(&parsed), spend, started)
+    }
+
+    /// A request refused before it named a usable model still leaves its
+    /// spend event (SPEND-3: one per request), with cost 0 and no model.
+    fn rejected(&self, endpoint: Endpoint, error: Error, started: Instant) -> Result<ProxyResponse, ProxyError> {
+        let spend = SpendContext::new(endpoint.call_type(), "", false, &[]);
+        let error = ProxyError { error, route: None, overhead: started.elapsed() };
+        self.record_spend(spend.failure(&error, None, started));
+        Err(error)
     }
 
     /// Proxy a multipart transcription.
