@@ -227,6 +227,10 @@ on_both_backends!(route_groups_and_policies_round_trip, |url: String| async move
     assert_eq!((m["priority"].as_u64(), m["healthy"].as_bool()), (Some(4), Some(true)));
     let (s, _) = app.post("/ui/api/route-groups/support/members", &json!({"deployment_id": "ghost"})).await;
     assert_eq!(s, 400);
+    // A member of another mode would never be routed to; it is refused, not skipped.
+    let (s, b) = app.post("/ui/api/route-groups/support/members", &json!({"deployment_id": "emb-1"})).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["detail"], "Deployment 'emb-1' serves embedding and cannot join route group 'support' (mode chat)");
     let (_, members) = app.get("/ui/api/route-groups/support/members").await;
     let order: Vec<_> = members["data"].as_array().unwrap().iter().map(|m| m["deployment_id"].clone()).collect();
     assert_eq!(order, [json!("gpt-a"), json!("gpt-b")]);

@@ -179,7 +179,7 @@ impl Gateway {
             ));
         }
         for m in &input.members {
-            self.require_member_deployment(&m.deployment_id).await?;
+            self.require_member_deployment(&input.group, &m.deployment_id).await?;
         }
         let members: Vec<_> = input.members.into_iter().map(|m| m.merge(&key, None)).collect();
         self.store().insert_route_group(&input.group, &members).await?;
@@ -211,8 +211,16 @@ impl Gateway {
         self.reload_after_group_write().await
     }
 
-    async fn require_member_deployment(&self, id: &str) -> Result<()> {
+    /// A member must exist and serve the group's mode (the registry would
+    /// otherwise skip it silently).
+    async fn require_member_deployment(&self, group: &RouteGroup, id: &str) -> Result<()> {
         match self.store().get_deployment(id).await? {
+            Some(d) if d.mode() != group.mode => Err(Error::invalid(format!(
+                "Deployment '{id}' serves {} and cannot join route group '{}' (mode {})",
+                d.mode(),
+                group.group_key,
+                group.mode
+            ))),
             Some(_) => Ok(()),
             None => Err(Error::invalid(format!("Deployment '{id}' does not exist"))),
         }
@@ -232,8 +240,8 @@ impl Gateway {
     pub async fn upsert_route_group_member(&self, key: &str, body: &Value) -> Result<MemberView> {
         let input = MemberInput::from_json(body)?;
         let _guard = self.inner.write_lock.lock().await;
-        self.require_group(key).await?;
-        self.require_member_deployment(&input.deployment_id).await?;
+        let group = self.require_group(key).await?;
+        self.require_member_deployment(&group, &input.deployment_id).await?;
         let existing = self.store().route_group_members(key).await?;
         let current = existing.iter().find(|m| m.deployment_id == input.deployment_id);
         let member = input.merge(key, current);
