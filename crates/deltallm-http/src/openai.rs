@@ -153,17 +153,17 @@ async fn transcription(State(gw): State<Gateway>, req: Request) -> Response {
     }
     match read_transcription(&gw, req).await {
         Ok((model, fields)) => render(gw.proxy_transcription(&model, fields, started).await),
-        Err(response) => local(started, response),
+        Err(e) => local(started, e.into_response()),
     }
 }
 
 /// The multipart form of a transcription request: its `model` and every field.
-async fn read_transcription(gw: &Gateway, req: Request) -> Result<(String, Vec<FormField>), Response> {
-    let invalid = |m: String| Err(ProxyError(Error::invalid(m)).into_response());
+async fn read_transcription(gw: &Gateway, req: Request) -> Result<(String, Vec<FormField>), ProxyError> {
+    let invalid = |m: String| Err(ProxyError(Error::invalid(m)));
     let mut multipart = match Multipart::from_request(req, &()).await {
         Ok(m) => m,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(too_large(gw.settings().max_request_body_bytes).into_response());
+            return Err(too_large(gw.settings().max_request_body_bytes));
         }
         Err(e) => {
             return invalid(format!("Expected a multipart/form-data body: {}", e.body_text()));
@@ -176,7 +176,7 @@ async fn read_transcription(gw: &Gateway, req: Request) -> Result<(String, Vec<F
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(too_large(gw.settings().max_request_body_bytes).into_response());
+                return Err(too_large(gw.settings().max_request_body_bytes));
             }
             Err(e) => return invalid(format!("Malformed multipart body: {}", e.body_text())),
         };
@@ -199,10 +199,10 @@ async fn read_transcription(gw: &Gateway, req: Request) -> Result<(String, Vec<F
         fields.push(FormField { name, value });
     }
     let Some(model) = model.filter(|m| !m.is_empty()) else {
-        return Err(ProxyError(Error::invalid("'model' is required").with_param("model")).into_response());
+        return Err(ProxyError(Error::invalid("'model' is required").with_param("model")));
     };
     if !fields.iter().any(|f| f.name == "file") {
-        return Err(ProxyError(Error::invalid("'file' is required").with_param("file")).into_response());
+        return Err(ProxyError(Error::invalid("'file' is required").with_param("file")));
     }
     Ok((model, fields))
 }

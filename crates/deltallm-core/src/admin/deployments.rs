@@ -15,8 +15,6 @@ use serde_json::{Map, Value};
 use crate::registry::ResolvedDeployment;
 use crate::{Error, Gateway, Result};
 
-/// Probe deadline (RUN-21).
-
 /// ADM-3 `connection_summary`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ConnectionSummary {

@@ -9,6 +9,7 @@ use deltallm_router::{HealthSnapshot, UnixMs};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::audit;
 use crate::registry::{Registry, TargetKind};
 use crate::{Error, Gateway, Result};
 
@@ -184,6 +185,7 @@ impl Gateway {
         let members: Vec<_> = input.members.into_iter().map(|m| m.merge(&key, None)).collect();
         self.store().insert_route_group(&input.group, &members).await?;
         tracing::info!(group_key = %key, members = members.len(), "route group created");
+        audit::record("create", "route_group", &key, &sent_fields(body), body);
         self.reload_after_group_write().await?;
         drop(_guard);
         self.get_route_group(&key).await
@@ -196,6 +198,7 @@ impl Gateway {
         let group = RouteGroupInput::apply_update(&stored, body, Utc::now())?;
         self.store().update_route_group(&group).await?;
         tracing::info!(group_key = %key, "route group updated");
+        audit::record("update", "route_group", key, &sent_fields(body), body);
         self.reload_after_group_write().await?;
         drop(_guard);
         self.get_route_group(key).await
@@ -208,6 +211,7 @@ impl Gateway {
             return Err(group_not_found());
         }
         tracing::info!(group_key = %key, "route group deleted");
+        audit::record("delete", "route_group", key, &[], &Value::Null);
         self.reload_after_group_write().await
     }
 
@@ -252,6 +256,7 @@ impl Gateway {
             other => other.into(),
         })?;
         tracing::info!(group_key = %key, deployment_id = %member.deployment_id, "route group member saved");
+        audit::record("upsert_member", "route_group", key, &sent_fields(body), body);
         self.reload_after_group_write().await?;
         Ok(member_view(member, &self.registry(), UnixMs::now()))
     }
@@ -264,6 +269,13 @@ impl Gateway {
             return Err(Error::not_found("Route group member not found"));
         }
         tracing::info!(group_key = %key, deployment_id = %deployment_id, "route group member removed");
+        audit::record(
+            "delete_member",
+            "route_group",
+            key,
+            &["deployment_id".to_owned()],
+            &serde_json::json!({"deployment_id": deployment_id}),
+        );
         self.reload_after_group_write().await
     }
 
@@ -315,6 +327,7 @@ impl Gateway {
         let (_, policy, _) = self.check_policy(key, policy_doc(body)).await?;
         let saved = self.store().save_policy_draft(key, &policy.to_json()).await?;
         tracing::info!(group_key = %key, version = saved.version, "route group policy draft saved");
+        audit::record("save_policy_draft", "route_group", key, &["policy".to_owned()], &saved.policy);
         Ok(saved)
     }
 
@@ -345,6 +358,7 @@ impl Gateway {
             }
         };
         tracing::info!(group_key = %key, version = published.version, "route group policy published");
+        audit::record("publish_policy", "route_group", key, &["policy".to_owned()], &published.policy);
         self.reload_after_group_write().await?;
         Ok(published)
     }
@@ -376,6 +390,7 @@ impl Gateway {
         let (_, policy, _) = self.check_policy(key, &target.policy).await?;
         let published = self.store().publish_policy(key, Some(&policy.to_json())).await?;
         tracing::info!(group_key = %key, from = version, version = published.version, "route group policy rolled back");
+        audit::record("rollback_policy", "route_group", key, &["policy".to_owned()], &published.policy);
         self.reload_after_group_write().await?;
         Ok(published)
     }
@@ -419,4 +434,9 @@ impl Gateway {
             pool,
         })
     }
+}
+
+/// The top-level fields a write sent, for the audit event's changed fields.
+fn sent_fields(body: &Value) -> Vec<String> {
+    body.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
 }
