@@ -589,9 +589,13 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 on_both_backends!(canary_secrets_never_leak, |url: String| async move {
     let logs = captured_logs();
     let tag = uuid::Uuid::new_v4().simple().to_string();
-    let canaries: Vec<String> =
-        ["cred", "rotated", "inline", "meta", "aws"].iter().map(|k| format!("canary-{k}-{tag}")).collect();
-    let [cred_key, rotated_key, inline_key, meta_token, aws_secret] = &canaries[..] else { unreachable!() };
+    let canaries: Vec<String> = ["cred", "rotated", "inline", "meta", "aws", "nested", "info"]
+        .iter()
+        .map(|k| format!("canary-{k}-{tag}"))
+        .collect();
+    let [cred_key, rotated_key, inline_key, meta_token, aws_secret, nested_secret, info_token] = &canaries[..] else {
+        unreachable!()
+    };
 
     let upstream = MockServer::start().await;
     let api_base = format!("{}/v1", upstream.uri());
@@ -636,6 +640,24 @@ on_both_backends!(canary_secrets_never_leak, |url: String| async move {
     );
     keep(app.post("/ui/api/models", &linked_deployment("canary-linked", &cred)).await);
     keep(app.post("/ui/api/models", &inline_deployment("canary-inline", "vllm", &api_base, inline_key)).await);
+    // Secret-named keys below the top level of params, and in model_info.
+    let (s, b) = keep(
+        app.post(
+            "/ui/api/models",
+            &json!({"model_name": "canary-nested", "deployment_id": "canary-nested",
+                    "deltallm_params": {"provider": "vllm", "model": "m", "api_base": api_base,
+                                        "extra_body": {"client_secret": nested_secret}},
+                    "model_info": {"input_cost_per_token": 0.000001, "hooks": {"webhook_token": info_token}}}),
+        )
+        .await,
+    );
+    assert_eq!(s, 200, "{b}");
+    let stored = app.gateway.store().get_deployment("canary-nested").await.unwrap().unwrap();
+    assert_eq!(stored.deltallm_params["extra_body"]["client_secret"], nested_secret.as_str(), "sealed, not lost");
+    assert_eq!(stored.model_info["hooks"]["webhook_token"], info_token.as_str());
+    let (_, shown) = keep(app.get("/ui/api/models/canary-nested").await);
+    assert_eq!(shown["model_info"]["input_cost_per_token"], 0.000001, "prices stay visible");
+    assert_eq!(shown["model_info"]["hooks"]["webhook_token"], REDACTED);
     keep(
         app.put(&format!("/ui/api/named-credentials/{cred}"), &json!({"connection_config": {"api_key": rotated_key}}))
             .await,

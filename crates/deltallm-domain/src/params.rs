@@ -37,11 +37,22 @@ pub fn split_secrets(map: &Map<String, Value>) -> (Map<String, Value>, Map<Strin
 /// sealing at rest (CRED-10). Returns `(JSON pointer, value)` pairs; the
 /// document keeps only what may be stored in clear.
 pub fn extract_secrets_deep(value: &mut Value) -> Vec<(String, Value)> {
-    fn walk(value: &mut Value, path: &mut String, out: &mut Vec<(String, Value)>) {
+    extract_secrets_deep_by(value, |k, _| redaction::is_secret_key(k))
+}
+
+/// Like [`extract_secrets_deep`] with the rule `is_secret(key, value)`.
+pub fn extract_secrets_deep_by(value: &mut Value, is_secret: impl Fn(&str, &Value) -> bool) -> Vec<(String, Value)> {
+    fn walk(
+        value: &mut Value,
+        path: &mut String,
+        out: &mut Vec<(String, Value)>,
+        is_secret: &dyn Fn(&str, &Value) -> bool,
+    ) {
         let len = path.len();
         match value {
             Value::Object(map) => {
-                let secret_keys: Vec<String> = map.keys().filter(|k| redaction::is_secret_key(k)).cloned().collect();
+                let secret_keys: Vec<String> =
+                    map.iter().filter(|(k, v)| is_secret(k, v)).map(|(k, _)| k.clone()).collect();
                 for k in secret_keys {
                     if let Some(v) = map.remove(&k) {
                         out.push((format!("{path}/{}", escape_pointer(&k)), v));
@@ -50,14 +61,14 @@ pub fn extract_secrets_deep(value: &mut Value) -> Vec<(String, Value)> {
                 for (k, v) in map.iter_mut() {
                     path.push('/');
                     path.push_str(&escape_pointer(k));
-                    walk(v, path, out);
+                    walk(v, path, out, is_secret);
                     path.truncate(len);
                 }
             }
             Value::Array(items) => {
                 for (i, v) in items.iter_mut().enumerate() {
                     path.push_str(&format!("/{i}"));
-                    walk(v, path, out);
+                    walk(v, path, out, is_secret);
                     path.truncate(len);
                 }
             }
@@ -65,7 +76,7 @@ pub fn extract_secrets_deep(value: &mut Value) -> Vec<(String, Value)> {
         }
     }
     let mut out = Vec::new();
-    walk(value, &mut String::new(), &mut out);
+    walk(value, &mut String::new(), &mut out, &is_secret);
     out
 }
 

@@ -83,6 +83,36 @@ pub fn redacted(value: &Value) -> Value {
     copy
 }
 
+/// Is this `model_info` value a credential to mask and seal? Prices and
+/// limits (`input_cost_per_token`, `tpm_limit`, ...) match the secret-key
+/// rule by name but are numbers, and numbers are never credentials.
+pub fn is_model_info_secret(key: &str, value: &Value) -> bool {
+    is_secret_key(key) && !value.is_number()
+}
+
+/// Redact a `model_info` document: secret-named values are masked at any
+/// depth, except numbers (see [`is_model_info_secret`]).
+pub fn redacted_model_info(value: &Value) -> Value {
+    fn walk(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if is_model_info_secret(k, v) {
+                        mask_all(v);
+                    } else {
+                        walk(v);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut copy = value.clone();
+    walk(&mut copy);
+    copy
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -121,6 +151,17 @@ mod tests {
         ] {
             assert!(!is_secret_key(k), "{k}");
         }
+    }
+
+    #[test]
+    fn model_info_keeps_prices_and_masks_credentials() {
+        let v = json!({"input_cost_per_token": 0.000001, "tpm_limit": 1000,
+                       "default_params": {"extra_body": {"client_secret": "k1"}}, "webhook_token": "t1"});
+        let r = redacted_model_info(&v);
+        assert_eq!(r["input_cost_per_token"], 0.000001);
+        assert_eq!(r["tpm_limit"], 1000);
+        assert_eq!(r["default_params"]["extra_body"]["client_secret"], REDACTED);
+        assert_eq!(r["webhook_token"], REDACTED);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 
+use crate::deployments::{from_pointer_pairs, pointer_pairs};
 use crate::entity::{deployment, named_credential as row};
 use crate::error::{is_fk_violation, is_unique_violation, parse_object};
 use crate::{Error, Result, Store};
@@ -55,9 +56,7 @@ impl Store {
         if let Some(doc) = metadata.as_mut() {
             let found = extract_secrets_deep(doc);
             if !found.is_empty() {
-                let pairs =
-                    found.into_iter().map(|(pointer, v)| Value::Array(vec![Value::String(pointer), v])).collect();
-                secret.insert(METADATA_SECRETS.into(), Value::Array(pairs));
+                secret.insert(METADATA_SECRETS.into(), pointer_pairs(found));
             }
         }
         let sealed = (!secret.is_empty()).then(|| self.keys.seal_map(&secret, &aad(&c.credential_id)));
@@ -80,17 +79,8 @@ impl Store {
         let mut metadata_secrets = Vec::new();
         if let (Some(key_id), Some(ct)) = (&r.secret_key_id, &r.secret_ciphertext) {
             let mut secret = self.keys.open_map(key_id, ct, &aad(&r.credential_id))?;
-            if let Some(Value::Array(pairs)) = secret.remove(METADATA_SECRETS) {
-                metadata_secrets = pairs
-                    .into_iter()
-                    .filter_map(|pair| match pair {
-                        Value::Array(mut kv) if kv.len() == 2 => {
-                            let v = kv.pop()?;
-                            Some((kv.pop()?.as_str()?.to_owned(), v))
-                        }
-                        _ => None,
-                    })
-                    .collect();
+            if let Some(pairs) = secret.remove(METADATA_SECRETS) {
+                metadata_secrets = from_pointer_pairs(pairs);
             }
             config.extend(secret);
         }

@@ -2,7 +2,8 @@
 
 use chrono::Utc;
 use deltallm_domain::deployment::Deployment;
-use deltallm_domain::params::split_secrets;
+use deltallm_domain::params::{extract_secrets_deep, extract_secrets_deep_by, restore_secrets_deep, split_secrets};
+use deltallm_domain::redaction;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::Value;
@@ -26,13 +27,47 @@ pub struct DeploymentQuery {
     pub offset: u64,
 }
 
+/// Slots of the sealed map that hold nested secrets, as (pointer, value) pairs.
+/// `$` cannot start a stored params key that is a secret, so they never clash.
+const NESTED_PARAMS_SECRETS: &str = "$params";
+const MODEL_INFO_SECRETS: &str = "$model_info";
+
+pub(crate) fn pointer_pairs(pairs: Vec<(String, Value)>) -> Value {
+    Value::Array(pairs.into_iter().map(|(pointer, v)| Value::Array(vec![Value::String(pointer), v])).collect())
+}
+
+pub(crate) fn from_pointer_pairs(pairs: Value) -> Vec<(String, Value)> {
+    let Value::Array(pairs) = pairs else { return Vec::new() };
+    pairs
+        .into_iter()
+        .filter_map(|pair| match pair {
+            Value::Array(mut kv) if kv.len() == 2 => {
+                let v = kv.pop()?;
+                Some((kv.pop()?.as_str()?.to_owned(), v))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 pub(crate) fn aad(id: &str) -> Vec<u8> {
     format!("deployments/{id}").into_bytes()
 }
 
 impl Store {
     pub(crate) fn deployment_to_row(&self, d: &Deployment) -> row::ActiveModel {
-        let (public, secret) = split_secrets(&d.deltallm_params);
+        let (public, mut secret) = split_secrets(&d.deltallm_params);
+        // Secret-named keys nested in params or anywhere in model_info are
+        // sealed too (CRED-10), kept as (JSON pointer, value) pairs.
+        let mut public = Value::Object(public);
+        let nested = extract_secrets_deep(&mut public);
+        let mut model_info = Value::Object(d.model_info.clone());
+        let info_secrets = extract_secrets_deep_by(&mut model_info, redaction::is_model_info_secret);
+        for (slot, pairs) in [(NESTED_PARAMS_SECRETS, nested), (MODEL_INFO_SECRETS, info_secrets)] {
+            if !pairs.is_empty() {
+                secret.insert(slot.into(), pointer_pairs(pairs));
+            }
+        }
         let sealed = (!secret.is_empty()).then(|| self.keys.seal_map(&secret, &aad(&d.deployment_id)));
         row::ActiveModel {
             deployment_id: Set(d.deployment_id.clone()),
@@ -40,8 +75,8 @@ impl Store {
             provider: Set(d.provider()),
             mode: Set(d.mode().as_str().to_owned()),
             named_credential_id: Set(d.named_credential_id.clone()),
-            deltallm_params: Set(Value::Object(public).to_string()),
-            model_info: Set(Value::Object(d.model_info.clone()).to_string()),
+            deltallm_params: Set(public.to_string()),
+            model_info: Set(model_info.to_string()),
             secret_key_id: Set(sealed.as_ref().map(|s| s.key_id.clone())),
             secret_ciphertext: Set(sealed.map(|s| s.ciphertext)),
             created_at: Set(d.created_at),
@@ -50,12 +85,25 @@ impl Store {
     }
 
     pub(crate) fn row_to_deployment(&self, r: row::Model) -> Result<Deployment> {
-        let mut params = parse_object(&r.deployment_id, &r.deltallm_params)?;
+        let mut params = Value::Object(parse_object(&r.deployment_id, &r.deltallm_params)?);
+        let mut model_info = Value::Object(parse_object(&r.deployment_id, &r.model_info)?);
         if let (Some(key_id), Some(ct)) = (&r.secret_key_id, &r.secret_ciphertext) {
-            params.extend(self.keys.open_map(key_id, ct, &aad(&r.deployment_id))?);
+            let mut secret = self.keys.open_map(key_id, ct, &aad(&r.deployment_id))?;
+            let nested = secret.remove(NESTED_PARAMS_SECRETS).map(from_pointer_pairs).unwrap_or_default();
+            let info = secret.remove(MODEL_INFO_SECRETS).map(from_pointer_pairs).unwrap_or_default();
+            restore_secrets_deep(&mut params, nested);
+            restore_secrets_deep(&mut model_info, info);
+            if let Value::Object(p) = &mut params {
+                p.extend(secret);
+            }
         }
+        let as_map = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let (params, model_info) = (as_map(params), as_map(model_info));
         Ok(Deployment {
-            model_info: parse_object(&r.deployment_id, &r.model_info)?,
+            model_info,
             deployment_id: r.deployment_id,
             model_name: r.model_name,
             named_credential_id: r.named_credential_id,

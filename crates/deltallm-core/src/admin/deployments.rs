@@ -154,7 +154,7 @@ fn entry(record: &Deployment, shown_params: &Map<String, Value>, credential_name
         named_credential_id: record.named_credential_id.clone(),
         named_credential_name: credential_name,
         deltallm_params: redaction::redacted(&Value::Object(shown_params.clone())),
-        model_info: Value::Object(record.model_info.clone()),
+        model_info: redaction::redacted_model_info(&Value::Object(record.model_info.clone())),
         created_at: record.created_at,
         updated_at: record.updated_at,
         healthy: None,
