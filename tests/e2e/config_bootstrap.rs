@@ -113,8 +113,9 @@ on_both_backends!(db_only_refuses_to_start_on_an_empty_database, |url: String| a
     let err = Gateway::start(store, settings.clone()).await.err().expect("start must fail").to_string();
     assert!(err.contains("db_only but the database holds no deployments"), "{err}");
     // With a model_list to bootstrap from, the same source starts and serves it.
-    settings.config_model_list =
-        vec![entry(json!({"model_name": "boot", "deltallm_params": {"provider": "vllm", "model": "m"}}))];
+    settings.config_model_list = vec![entry(
+        json!({"model_name": "boot", "deltallm_params": {"provider": "vllm", "model": "m", "api_base": "http://127.0.0.1:9/v1"}}),
+    )];
     let app = TestApp::start(&url, settings).await;
     let (_, models) = app.get("/v1/models").await;
     assert_eq!(models["data"][0]["id"], "boot", "{models}");

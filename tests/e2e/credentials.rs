@@ -254,6 +254,14 @@ on_both_backends!(linking_precedence_and_delete_guard, |url: String| async move 
     assert_eq!((s, b["detail"].as_str().unwrap()), (409, "Named credential is still linked to model deployments"));
     assert!(app.gateway.store().get_credential(&cred).await.unwrap().is_some());
 
+    // An update that would leave linked deployments without a base URL is refused, and changes nothing.
+    let (s, b) =
+        app.put(&format!("/ui/api/named-credentials/{cred}"), &json!({"connection_config": {"api_base": null}})).await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b["detail"].as_str().unwrap().starts_with("This update would break linked deployment '"), "{b}");
+    assert!(b["detail"].as_str().unwrap().ends_with("deltallm_params.api_base is required"), "{b}");
+    assert_eq!(effective(&app, "a")["api_base"], "http://cred.example/v1");
+
     // Unlink both (inline values supplied again), then delete succeeds.
     for id in ["a", "b"] {
         let (s, b) = app

@@ -121,12 +121,16 @@ impl Registry {
 }
 
 /// DEP-9 runtime fills, never persisted: an `openai` deployment without a key
-/// gets the global OpenAI key; a missing base URL gets the provider preset, or
-/// the global OpenAI base URL for OpenAI-compatible providers without one.
-/// The global key is deliberately not handed to other providers' hosts.
+/// gets the global OpenAI key; a missing base URL gets the provider preset
+/// (`openai`: the global OpenAI base URL). Providers without a preset (vllm,
+/// lmstudio, ollama, azure's per-resource host, unknown) get no fill: their
+/// own key must not be sent to api.openai.com, so such a deployment stays
+/// uncallable with a clear "api_base is required" instead. The global key is
+/// likewise never handed to other providers' hosts.
 fn apply_runtime_defaults(provider_key: &str, params: &mut Map<String, Value>, settings: &GatewaySettings) {
+    let is_openai = provider::canonical(provider_key) == "openai";
     if str_field(params, "api_key").is_none()
-        && provider::canonical(provider_key) == "openai"
+        && is_openai
         && let Some(key) = &settings.openai_api_key
     {
         params.insert("api_key".into(), Value::String(key.expose().to_owned()));
@@ -134,10 +138,13 @@ fn apply_runtime_defaults(provider_key: &str, params: &mut Map<String, Value>, s
     if str_field(params, "api_base").is_none() {
         let preset = provider::lookup(provider_key).and_then(|p| p.api_base).filter(|b| !b.contains('{'));
         let base = match preset {
-            Some(b) => b.to_owned(),
-            None => settings.openai_base_url.clone(),
+            _ if is_openai => Some(settings.openai_base_url.clone()),
+            Some(b) => Some(b.to_owned()),
+            None => None,
         };
-        params.insert("api_base".into(), Value::String(base));
+        if let Some(base) = base {
+            params.insert("api_base".into(), Value::String(base));
+        }
     }
 }
 

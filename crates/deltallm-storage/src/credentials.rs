@@ -7,9 +7,7 @@ use deltallm_domain::credential::NamedCredential;
 use deltallm_domain::deployment::Deployment;
 use deltallm_domain::params::{extract_secrets_deep, restore_secrets_deep, split_secrets};
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::Value;
 
 use crate::deployments::{from_pointer_pairs, pointer_pairs};
@@ -182,7 +180,7 @@ impl Store {
     /// the foreign key refuses a link that slips in from another replica.
     pub async fn delete_credential(&self, id: &str) -> Result<()> {
         let linked = || Error::Conflict("Named credential is still linked to model deployments".into());
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let in_use =
             deployment::Entity::find().filter(deployment::Column::NamedCredentialId.eq(id)).count(&txn).await?;
         if in_use > 0 {
@@ -212,7 +210,7 @@ impl Store {
         credential: &NamedCredential,
         relinked: &[(Deployment, DateTime<Utc>)],
     ) -> Result<()> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         match row::Entity::insert(self.credential_to_row(credential)).exec(&txn).await {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {

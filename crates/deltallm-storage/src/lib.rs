@@ -70,6 +70,19 @@ impl Store {
         &self.keys
     }
 
+    /// Start a write transaction. On SQLite it takes the write lock at
+    /// `BEGIN` (IMMEDIATE): a deferred transaction that reads first cannot
+    /// always upgrade to a writer while another connection writes, and fails
+    /// at once instead of waiting out the busy timeout. PostgreSQL ignores it.
+    pub(crate) async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction> {
+        use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        Ok(self.db.begin_with_options(options).await?)
+    }
+
     /// A cheap round trip for readiness probes.
     pub async fn ping(&self) -> Result<()> {
         self.db.ping().await?;

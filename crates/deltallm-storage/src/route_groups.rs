@@ -10,9 +10,7 @@ use deltallm_domain::deployment::Mode;
 use deltallm_domain::policy::{PolicyStatus, PolicyVersion};
 use deltallm_domain::route_group::{RouteGroup, RouteGroupMember};
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::Value;
 
 use crate::entity::{route_group as group_row, route_group_member as member_row, route_group_policy as policy_row};
@@ -165,7 +163,7 @@ impl Store {
     /// Insert a group and its initial members in one transaction; a taken
     /// key is a conflict, an unknown member deployment `NotFound`.
     pub async fn insert_route_group(&self, g: &RouteGroup, members: &[RouteGroupMember]) -> Result<()> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         match group_row::Entity::insert(group_to_row(g)).exec(&txn).await {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
@@ -193,7 +191,7 @@ impl Store {
 
     /// Delete a group with its members and policies; false when unknown.
     pub async fn delete_route_group(&self, key: &str) -> Result<bool> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         // Explicit deletes rather than relying on ON DELETE CASCADE alone, so the
         // outcome does not depend on SQLite's per-connection foreign-key switch.
         member_row::Entity::delete_many().filter(member_row::Column::GroupKey.eq(key)).exec(&txn).await?;
@@ -262,7 +260,7 @@ impl Store {
     /// add a draft as version `max + 1`.
     pub async fn save_policy_draft(&self, key: &str, policy: &Value) -> Result<PolicyVersion> {
         let now = Utc::now();
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let draft = policy_row::Entity::find()
             .filter(policy_row::Column::GroupKey.eq(key))
             .filter(policy_row::Column::Status.eq(PolicyStatus::Draft.as_str()))
@@ -302,7 +300,7 @@ impl Store {
     /// `NotFound`.
     pub async fn publish_policy(&self, key: &str, policy: Option<&Value>) -> Result<PolicyVersion> {
         let now = Utc::now();
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let draft = match policy {
             Some(_) => None,
             None => Some(

@@ -9,7 +9,9 @@ use deltallm_domain::credential::{
     self, CredentialInput, CredentialPatch, NamedCredential, changed_fields, inline_fingerprint,
     validate_connection_config, validate_credential_id, validate_provider,
 };
-use deltallm_domain::deployment::{Deployment, strip_connection_fields};
+use deltallm_domain::deployment::{
+    self, Deployment, DeploymentInput, LinkedCredential, WriteRules, strip_connection_fields,
+};
 use deltallm_domain::{ApiErrorKind, redaction};
 use deltallm_storage::LinkedDeployment;
 use serde::Serialize;
@@ -240,6 +242,7 @@ impl Gateway {
         let stored = self.store().get_credential(id).await?.ok_or_else(not_found)?;
         let mut next = patch.apply(&stored)?;
         next.updated_at = Utc::now();
+        self.check_linked_still_valid(&next).await?;
         self.store().update_credential(&next).await?;
         let usage = self.store().credential_usage(id).await?;
         if usage > 0 {
@@ -248,6 +251,30 @@ impl Gateway {
         let out = view(&next, usage, None);
         audit::record("update", "named_credential", id, &changed_fields(Some(&stored), &next), &view_json(&out));
         Ok(out)
+    }
+
+    /// Every linked deployment must still pass the admin rules with the
+    /// updated credential (VAL-3, VAL-5..7): removing the `api_base` that
+    /// linked deployments rely on is refused instead of breaking them.
+    async fn check_linked_still_valid(&self, next: &NamedCredential) -> Result<()> {
+        let linked = self.store().deployments_linked_to(&next.credential_id).await?;
+        let credential = LinkedCredential { provider: &next.provider, connection_config: &next.connection_config };
+        for d in linked {
+            let input = DeploymentInput {
+                deployment_id: Some(d.deployment_id.clone()),
+                model_name: d.model_name,
+                named_credential_id: d.named_credential_id,
+                deltallm_params: d.deltallm_params,
+                model_info: d.model_info,
+            };
+            if let Err(e) = deployment::validate(input, Some(credential), WriteRules::ADMIN) {
+                return Err(Error::invalid(format!(
+                    "This update would break linked deployment '{}': {}",
+                    d.deployment_id, e
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `DELETE /named-credentials/{id}` (CRED-9): 409 while linked, 404 unknown.
