@@ -477,3 +477,48 @@ on_both_backends!(streams_are_priced_from_the_usage_the_gateway_asks_for, |url: 
     assert_eq!(ollama.unpriced_reason.as_deref(), Some("upstream stream reported no usage"));
     app.stop().await;
 });
+
+on_both_backends!(environment_references_resolve_at_registry_build, |url: String| async move {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("authorization", "Bearer sk-from-environment"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion()))
+        .expect(1)
+        .mount(&upstream)
+        .await;
+    let mut settings = test_settings();
+    settings.secret_refs = deltallm_core::settings::SecretRefs::new(|name| {
+        (name == "UPSTREAM_KEY_FOR_TEST").then(|| "sk-from-environment".to_owned())
+    });
+    let app = TestApp::start(&url, settings).await;
+    let base = format!("{}/v1", upstream.uri());
+    add(
+        &app,
+        "ref",
+        "ref-1",
+        "vllm",
+        &base,
+        json!({"deltallm_params": {"api_key": "os.environ/UPSTREAM_KEY_FOR_TEST"}}),
+    )
+    .await;
+    add(
+        &app,
+        "gone",
+        "gone-1",
+        "openai",
+        &base,
+        json!({"deltallm_params": {"api_key": "os.environ/NOT_SET_FOR_TEST"}}),
+    )
+    .await;
+
+    assert_eq!(chat(&app, json!({"model": "ref", "messages": []})).await.status(), 200);
+    // An unresolvable reference is an absent key, never the reference text sent upstream.
+    let missing = chat(&app, json!({"model": "gone", "messages": []})).await;
+    assert_eq!(missing.status(), 400);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "Provider API key is missing for selected model");
+    // The stored value stays the reference: the secret itself is never written.
+    let stored = app.gateway.store().get_deployment("ref-1").await.unwrap().unwrap();
+    assert_eq!(stored.deltallm_params["api_key"], "os.environ/UPSTREAM_KEY_FOR_TEST");
+    app.stop().await;
+});

@@ -318,6 +318,7 @@ impl LoadedConfig {
             spend_queue_capacity: g.spend_queue_capacity.max(1),
             background_health_checks: g.background_health_checks,
             health_check_interval: Duration::from_secs(g.health_check_interval.max(1)),
+            secret_refs: deltallm_core::settings::SecretRefs::new(|name| std::env::var(name).ok()),
         })
     }
 }

@@ -120,6 +120,21 @@ impl Registry {
     }
 }
 
+/// CRED-6/CFG-3: `os.environ/NAME` values (stored through the admin API or
+/// in a credential) are resolved here, on every build; an unresolvable one
+/// leaves its key absent, so e.g. a missing key reads as "missing", never as
+/// the reference text sent upstream.
+fn resolve_secret_refs(params: &mut Map<String, Value>, refs: &crate::settings::SecretRefs) {
+    let resolved: Vec<(String, Option<String>)> =
+        params.iter().filter_map(|(k, v)| Some((k.clone(), refs.resolve(v.as_str()?)?))).collect();
+    for (key, value) in resolved {
+        match value {
+            Some(v) => params.insert(key, Value::String(v)),
+            None => params.remove(&key),
+        };
+    }
+}
+
 /// DEP-9 runtime fills, never persisted: an `openai` deployment without a key
 /// gets the global OpenAI key; a missing base URL gets the provider preset
 /// (`openai`: the global OpenAI base URL). Providers without a preset (vllm,
@@ -184,6 +199,7 @@ pub fn build_with_route_groups(
         let provider_key = record.provider();
         let credential = record.named_credential_id.as_deref().and_then(|cid| creds.get(cid).copied());
         let mut params = effective_params(&record.deltallm_params, credential.map(|c| &c.connection_config));
+        resolve_secret_refs(&mut params, &settings.secret_refs);
         apply_runtime_defaults(&provider_key, &mut params, settings);
         let default_params = match record.model_info.get("default_params") {
             Some(Value::Object(m)) => Some(m),

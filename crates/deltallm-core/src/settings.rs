@@ -1,6 +1,8 @@
 //! Settings the embedding application hands to the core. The core never reads
 //! the environment or files: the bootstrap crate (or an embedder) fills these.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deltallm_domain::SecretString;
@@ -60,6 +62,39 @@ pub struct GatewaySettings {
     pub content_policy_fallbacks: FallbackMap,
     /// Failover steps kept for `/health/fallback-events`.
     pub failover_event_history_size: usize,
+    /// Resolves `os.environ/NAME` references stored in deployments and
+    /// named credentials, at every registry build (CFG-3, CRED-6).
+    pub secret_refs: SecretRefs,
+}
+
+/// Lookup of `os.environ/NAME` secret references (CFG-3). The core never
+/// reads the environment itself: the bootstrap hands in a lookup (an
+/// embedder may hand in its own). Without one, references resolve to
+/// nothing and the field is treated as absent (CRED-6).
+#[derive(Clone, Default)]
+pub struct SecretRefs(Option<Arc<dyn Fn(&str) -> Option<String> + Send + Sync>>);
+
+/// The prefix of an environment reference.
+pub const ENV_REF_PREFIX: &str = "os.environ/";
+
+impl SecretRefs {
+    /// Resolve names with `lookup`.
+    pub fn new(lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(lookup)))
+    }
+
+    /// `Some(resolved)` when `value` is a reference (`None` inside = unresolvable);
+    /// `None` when it is an ordinary value.
+    pub fn resolve(&self, value: &str) -> Option<Option<String>> {
+        let name = value.strip_prefix(ENV_REF_PREFIX)?;
+        Some(self.0.as_ref().and_then(|lookup| lookup(name)).filter(|v| !v.is_empty()))
+    }
+}
+
+impl fmt::Debug for SecretRefs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "SecretRefs(lookup)" } else { "SecretRefs(none)" })
+    }
 }
 
 impl Default for GatewaySettings {
@@ -83,6 +118,7 @@ impl Default for GatewaySettings {
             context_window_fallbacks: FallbackMap::new(),
             content_policy_fallbacks: FallbackMap::new(),
             failover_event_history_size: 1000,
+            secret_refs: SecretRefs::default(),
         }
     }
 }
