@@ -320,3 +320,37 @@ on_both_backends!(a_failed_health_check_cools_down_and_then_routes_again, |url: 
     assert_eq!(got["healthy"], true, "a served request marks it healthy again: {got}");
     app.stop().await;
 });
+
+on_both_backends!(replicas_on_one_database_see_each_others_writes, |url: String| async move {
+    let mut settings = test_settings();
+    settings.registry_poll_interval = Some(std::time::Duration::from_millis(100));
+    let a = TestApp::start(&url, settings.clone()).await;
+    let b = TestApp::start(&url, settings).await;
+    assert_eq!(a.post("/ui/api/models", &vllm_payload("http://127.0.0.1:9/v1")).await.0, 200);
+
+    let mut seen = false;
+    for _ in 0..50 {
+        if listed(&b).await == 1 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(seen, "replica b picks up a deployment created on replica a");
+    assert_eq!(b.delete("/ui/api/models/vllm/llama-3-8b").await.0, 200);
+    let mut gone = false;
+    for _ in 0..50 {
+        if listed(&a).await == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(gone, "and a sees b's delete");
+    a.stop().await;
+    b.stop().await;
+});
+
+async fn listed(app: &TestApp) -> usize {
+    app.get("/v1/models").await.1["data"].as_array().unwrap().len()
+}

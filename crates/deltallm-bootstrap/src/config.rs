@@ -70,6 +70,8 @@ pub struct GeneralSettings {
     pub background_health_checks: bool,
     /// Seconds between background health checks.
     pub health_check_interval: u64,
+    /// Seconds between checks for writes made by other replicas (0 = off).
+    pub registry_poll_interval_seconds: u64,
     /// Upstream read timeout when a deployment sets none (RUN-17).
     pub upstream_http_read_timeout_seconds: u64,
     /// Upstream connect timeout.
@@ -104,6 +106,7 @@ impl Default for GeneralSettings {
             model_deployment_bootstrap_from_config: true,
             background_health_checks: core.background_health_checks,
             health_check_interval: core.health_check_interval.as_secs(),
+            registry_poll_interval_seconds: core.registry_poll_interval.map_or(0, |d| d.as_secs()),
             upstream_http_read_timeout_seconds: core.upstream_read_timeout.as_secs(),
             upstream_http_connect_timeout_seconds: core.upstream_connect_timeout.as_secs(),
             upstream_http_pool_max_idle_per_host: core.upstream_pool_max_idle_per_host,
@@ -318,6 +321,8 @@ impl LoadedConfig {
             spend_queue_capacity: g.spend_queue_capacity.max(1),
             background_health_checks: g.background_health_checks,
             health_check_interval: Duration::from_secs(g.health_check_interval.max(1)),
+            registry_poll_interval: Some(Duration::from_secs(g.registry_poll_interval_seconds))
+                .filter(|d| !d.is_zero()),
             secret_refs: deltallm_core::settings::SecretRefs::new(|name| std::env::var(name).ok()),
         })
     }

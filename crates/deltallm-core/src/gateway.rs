@@ -156,6 +156,10 @@ impl Gateway {
             }),
         };
         gateway.rebuild_registry().await?;
+        if let Some(interval) = gateway.inner.settings.registry_poll_interval.filter(|d| !d.is_zero()) {
+            let first = gateway.inner.store.registry_fingerprint().await.ok();
+            spawn_registry_poll(Arc::downgrade(&gateway.inner), interval, first);
+        }
         if gateway.inner.settings.background_health_checks {
             crate::health::spawn_background_checks(
                 Arc::downgrade(&gateway.inner),
@@ -249,4 +253,40 @@ impl Gateway {
             Err(Error::new(ApiErrorKind::Authentication, "Invalid master key"))
         }
     }
+}
+
+/// CFG-6 change propagation between replicas: every `interval`, compare the
+/// database's registry fingerprint with the last one seen and rebuild when
+/// another replica (or process) wrote. Writes on this replica rebuild at
+/// once; the poll only costs one small aggregate query per table.
+fn spawn_registry_poll(inner: std::sync::Weak<Inner>, interval: std::time::Duration, mut last: Option<String>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await; // immediate; the registry was just built
+        loop {
+            ticker.tick().await;
+            let Some(inner) = inner.upgrade() else { return };
+            let gateway = Gateway { inner };
+            let now = match gateway.inner.store.registry_fingerprint().await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry change poll failed; will retry");
+                    continue;
+                }
+            };
+            if last.as_deref() == Some(now.as_str()) {
+                continue;
+            }
+            // Serialized with admin writes so an older snapshot never replaces a newer one.
+            let _guard = gateway.inner.write_lock.lock().await;
+            match gateway.rebuild_registry().await {
+                Ok(()) => {
+                    tracing::info!("registry reloaded after a change made elsewhere");
+                    last = Some(now);
+                }
+                Err(e) => tracing::warn!(error = %e, "registry reload after a change made elsewhere failed"),
+            }
+        }
+    });
 }

@@ -62,6 +62,9 @@ pub struct GatewaySettings {
     pub content_policy_fallbacks: FallbackMap,
     /// Failover steps kept for `/health/fallback-events`.
     pub failover_event_history_size: usize,
+    /// How often to check the database for writes made by other replicas
+    /// (or another process on the same SQLite file) and rebuild; `None` = never.
+    pub registry_poll_interval: Option<Duration>,
     /// Resolves `os.environ/NAME` references stored in deployments and
     /// named credentials, at every registry build (CFG-3, CRED-6).
     pub secret_refs: SecretRefs,
@@ -118,6 +121,7 @@ impl Default for GatewaySettings {
             context_window_fallbacks: FallbackMap::new(),
             content_policy_fallbacks: FallbackMap::new(),
             failover_event_history_size: 1000,
+            registry_poll_interval: Some(Duration::from_secs(30)),
             secret_refs: SecretRefs::default(),
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod entity;
 
+mod changes;
 mod credentials;
 mod deployments;
 mod error;
