@@ -522,3 +522,49 @@ on_both_backends!(environment_references_resolve_at_registry_build, |url: String
     assert_eq!(stored.deltallm_params["api_key"], "os.environ/UPSTREAM_KEY_FOR_TEST");
     app.stop().await;
 });
+
+on_both_backends!(a_large_spend_batch_is_written_whole_and_exact, |url: String| async move {
+    use deltallm_storage::{SpendGroupBy, SpendRecord};
+    let app = TestApp::start(&url, test_settings()).await;
+    let now = chrono::Utc::now();
+    // 101 = 64 + 32 + 4 + 1 rows: every statement size the writer uses.
+    let records: Vec<SpendRecord> = (0..101)
+        .map(|i| SpendRecord {
+            request_id: format!("req-{i}"),
+            call_type: "chat_completion".into(),
+            model: if i % 2 == 0 { "even".into() } else { "odd".into() },
+            deployment_id: Some(format!("d-{i}")),
+            provider: "vllm".into(),
+            spend: 0.5,
+            billing_unit: "token".into(),
+            prompt_tokens: i,
+            total_tokens: i,
+            unpriced_reason: (i == 100).then(|| "no price".to_owned()),
+            request_tags: "[\"t\"]".into(),
+            metadata: "{}".into(),
+            status: "success".into(),
+            http_status_code: 200,
+            stream: i % 3 == 0,
+            start_time: now,
+            end_time: now,
+            ..SpendRecord::default()
+        })
+        .collect();
+    app.gateway.store().insert_spend(records).await.unwrap();
+    let rows = app.gateway.store().recent_spend(200).await.unwrap();
+    assert_eq!(rows.len(), 101);
+    let last = &rows[0];
+    assert_eq!(
+        (last.request_id.as_str(), last.prompt_tokens, last.unpriced_reason.as_deref()),
+        ("req-100", 100, Some("no price"))
+    );
+    assert_eq!(
+        (rows[100].request_id.as_str(), rows[100].stream, rows[100].deployment_id.as_deref()),
+        ("req-0", true, Some("d-0"))
+    );
+    let by_model = app.gateway.store().spend_summary(SpendGroupBy::Model, None, None).await.unwrap();
+    let even = by_model.iter().find(|r| r.key.as_deref() == Some("even")).unwrap();
+    assert_eq!((even.requests, even.prompt_tokens), (51, (0..101).step_by(2).sum::<i64>()));
+    assert!((even.spend - 25.5).abs() < 1e-9);
+    app.stop().await;
+});

@@ -59,10 +59,11 @@ async fn write(store: &Store, batch: &mut Vec<SpendRecord>) {
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = store.insert_spend(batch).await {
-        tracing::error!(error = %e, records = batch.len(), "failed to write spend records");
+    let records = std::mem::replace(batch, Vec::with_capacity(BATCH));
+    let n = records.len();
+    if let Err(e) = store.insert_spend(records).await {
+        tracing::error!(error = %e, records = n, "failed to write spend records");
     }
-    batch.clear();
 }
 
 async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {

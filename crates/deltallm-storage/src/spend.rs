@@ -2,7 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Expr, Func};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect};
+use std::sync::OnceLock;
+
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
+    Statement, Value,
+};
 use serde::Serialize;
 
 use crate::entity::spend_log as row;
@@ -95,50 +100,132 @@ pub struct SpendSummaryRow {
     pub total_tokens: i64,
 }
 
+/// Columns written by [`Store::insert_spend`], in bind order.
+const SPEND_COLUMNS: [&str; 27] = [
+    "request_id",
+    "call_type",
+    "model",
+    "deployment_id",
+    "deployment_model",
+    "provider",
+    "api_base",
+    "spend",
+    "provider_cost",
+    "billing_unit",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "prompt_tokens_cached",
+    "images",
+    "characters",
+    "audio_seconds",
+    "unpriced_reason",
+    "request_tags",
+    "metadata",
+    "status",
+    "http_status_code",
+    "error_type",
+    "stream",
+    "latency_ms",
+    "start_time",
+    "end_time",
+];
+
+/// Rows per statement, largest first (a batch is split into these sizes).
+const ROW_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+
+fn push_values(out: &mut Vec<Value>, r: SpendRecord) {
+    out.extend([
+        Value::from(r.request_id),
+        Value::from(r.call_type),
+        Value::from(r.model),
+        Value::from(r.deployment_id),
+        Value::from(r.deployment_model),
+        Value::from(r.provider),
+        Value::from(r.api_base),
+        Value::from(r.spend),
+        Value::from(r.provider_cost),
+        Value::from(r.billing_unit),
+        Value::from(r.prompt_tokens),
+        Value::from(r.completion_tokens),
+        Value::from(r.total_tokens),
+        Value::from(r.prompt_tokens_cached),
+        Value::from(r.images),
+        Value::from(r.characters),
+        Value::from(r.audio_seconds),
+        Value::from(r.unpriced_reason),
+        Value::from(r.request_tags),
+        Value::from(r.metadata),
+        Value::from(r.status),
+        Value::from(r.http_status_code),
+        Value::from(r.error_type),
+        Value::from(r.stream),
+        Value::from(r.latency_ms),
+        Value::from(r.start_time),
+        Value::from(r.end_time),
+    ]);
+}
+
+/// `INSERT INTO spend_logs (...) VALUES (...), ...` for `rows` rows, with the
+/// backend's placeholders. Built once per (backend, size) and reused.
+fn insert_sql(backend: DbBackend, rows: usize) -> String {
+    static CACHE: [[OnceLock<String>; 7]; 2] = [const { [const { OnceLock::new() }; 7] }; 2];
+    let slot = ROW_CHUNKS.iter().position(|n| *n == rows);
+    let build = || {
+        let cols = &SPEND_COLUMNS;
+        let mut sql = format!("INSERT INTO spend_logs ({}) VALUES ", cols.join(", "));
+        let mut n = 0;
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for col in 0..cols.len() {
+                n += 1;
+                if col > 0 {
+                    sql.push_str(", ");
+                }
+                match backend {
+                    DbBackend::Postgres => {
+                        sql.push('$');
+                        sql.push_str(&n.to_string());
+                    }
+                    _ => sql.push('?'),
+                }
+            }
+            sql.push(')');
+        }
+        sql
+    };
+    let backend_slot = usize::from(backend == DbBackend::Postgres);
+    match slot {
+        Some(i) => CACHE[backend_slot][i].get_or_init(build).clone(),
+        None => build(),
+    }
+}
+
 /// SUM over a BIGINT column; PostgreSQL widens it to NUMERIC, so cast back.
 fn int_sum(col: row::Column) -> Expr {
     Func::cast_as(Func::sum(Expr::col(col)), Alias::new("BIGINT")).into()
 }
 
 impl Store {
-    /// Write a batch of spend records in one statement.
-    pub async fn insert_spend(&self, records: &[SpendRecord]) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
+    /// Write a batch of spend records: multi-row `INSERT`s of 64, 32, …, 1
+    /// rows, so at most seven distinct statements exist and each stays in
+    /// the driver's prepared-statement cache. The records are moved into the
+    /// bind values (no copies), and no `RETURNING`: on SQLite fetching ids
+    /// streams one row per record back from the database thread.
+    pub async fn insert_spend(&self, records: Vec<SpendRecord>) -> Result<()> {
+        let backend = self.db.get_database_backend();
+        let mut rest = records.into_iter();
+        let mut left = rest.len();
+        while left > 0 {
+            let rows = ROW_CHUNKS.iter().copied().find(|n| *n <= left).unwrap_or(1);
+            let mut values = Vec::with_capacity(rows * SPEND_COLUMNS.len());
+            for r in rest.by_ref().take(rows) {
+                push_values(&mut values, r);
+            }
+            let sql = insert_sql(backend, rows);
+            self.db.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
+            left -= rows;
         }
-        let models = records.iter().map(|r| row::ActiveModel {
-            id: sea_orm::ActiveValue::NotSet,
-            request_id: Set(r.request_id.clone()),
-            call_type: Set(r.call_type.clone()),
-            model: Set(r.model.clone()),
-            deployment_id: Set(r.deployment_id.clone()),
-            deployment_model: Set(r.deployment_model.clone()),
-            provider: Set(r.provider.clone()),
-            api_base: Set(r.api_base.clone()),
-            spend: Set(r.spend),
-            provider_cost: Set(r.provider_cost),
-            billing_unit: Set(r.billing_unit.clone()),
-            prompt_tokens: Set(r.prompt_tokens),
-            completion_tokens: Set(r.completion_tokens),
-            total_tokens: Set(r.total_tokens),
-            prompt_tokens_cached: Set(r.prompt_tokens_cached),
-            images: Set(r.images),
-            characters: Set(r.characters),
-            audio_seconds: Set(r.audio_seconds),
-            unpriced_reason: Set(r.unpriced_reason.clone()),
-            request_tags: Set(r.request_tags.clone()),
-            metadata: Set(r.metadata.clone()),
-            status: Set(r.status.clone()),
-            http_status_code: Set(r.http_status_code),
-            error_type: Set(r.error_type.clone()),
-            stream: Set(r.stream),
-            latency_ms: Set(r.latency_ms),
-            start_time: Set(r.start_time),
-            end_time: Set(r.end_time),
-        });
-        // No RETURNING: the ids are not needed, and on SQLite fetching them
-        // streams one row per record back from the database thread.
-        row::Entity::insert_many(models).exec_without_returning(&self.db).await?;
         Ok(())
     }
 
