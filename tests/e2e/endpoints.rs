@@ -46,8 +46,9 @@ on_both_backends!(non_chat_endpoints_are_proxied_and_priced, |url: String| async
         .expect(1)
         .mount(&up)
         .await;
-    Mock::given(method("POST")).and(path("/v1/completions"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "cmpl", "object": "text_completion", "choices": [{"text": "ok", "index": 0}], "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}})))
+    // Legacy completions are served through the deployment's chat endpoint (RUN-4).
+    Mock::given(method("POST")).and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "cmpl", "object": "chat.completion", "created": 5, "model": "up-chat", "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}})))
         .expect(1).mount(&up).await;
     let base = format!("{}/v1", up.uri());
     let app = TestApp::start(&url, test_settings()).await;
@@ -100,8 +101,28 @@ on_both_backends!(non_chat_endpoints_are_proxied_and_priced, |url: String| async
         .unwrap();
     assert_eq!(no_file.status(), 400);
 
-    let cmpl = post("/v1/completions", json!({"model": "chat", "prompt": "say ok"})).await.unwrap();
+    let cmpl = post("/v1/completions", json!({"model": "chat", "prompt": "say ok", "max_tokens": 4})).await.unwrap();
     assert_eq!(cmpl.status(), 200);
+    assert_eq!(
+        cmpl.json::<Value>().await.unwrap(),
+        json!({"id": "cmpl", "object": "text_completion", "created": 5, "model": "up-chat",
+               "choices": [{"text": "ok", "index": 0, "logprobs": null, "finish_reason": "stop"}],
+               "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}})
+    );
+    let sent: Value = up
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.url.path() == "/v1/chat/completions")
+        .unwrap()
+        .body_json()
+        .unwrap();
+    assert_eq!(sent, json!({"model": "up-chat", "max_tokens": 4, "messages": [{"role": "user", "content": "say ok"}]}));
+    // Options only the old endpoint had are refused before any upstream call.
+    let echo = post("/v1/completions", json!({"model": "chat", "prompt": "x", "echo": true})).await.unwrap();
+    assert_eq!(echo.status(), 400);
+    assert_eq!(echo.json::<Value>().await.unwrap()["error"]["param"], "echo");
     // Streaming is refused where the endpoint has no stream (400, nothing sent upstream).
     let s = post("/v1/embeddings", json!({"model": "chat", "input": "x", "stream": true})).await.unwrap();
     assert_eq!(s.status(), 400);
@@ -146,5 +167,46 @@ on_both_backends!(rerank_uses_a_rerank_deployment, |url: String| async move {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json::<Value>().await.unwrap()["results"][0]["index"], 1);
+    app.stop().await;
+});
+
+on_both_backends!(streamed_completions_arrive_as_text_completion_chunks, |url: String| async move {
+    let up = MockServer::start().await;
+    let sse = concat!(
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"He\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"llo\"},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DONE]\n\n"
+    );
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(200).insert_header("content-type", "text/event-stream").set_body_string(sse),
+        )
+        .expect(1)
+        .mount(&up)
+        .await;
+    let app = TestApp::start(&url, test_settings()).await;
+    deploy(&app, "chat", "chat", &format!("{}/v1", up.uri()), json!({})).await;
+    let resp = app
+        .client
+        .post(app.url("/v1/completions"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"model": "chat", "prompt": "hi", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 3, "{text}");
+    let first: Value = serde_json::from_str(events[0].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(first["object"], "text_completion");
+    assert_eq!(first["choices"][0]["text"], "He");
+    let second: Value = serde_json::from_str(events[1].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(
+        (second["choices"][0]["text"].as_str(), second["choices"][0]["finish_reason"].as_str()),
+        (Some("llo"), Some("stop"))
+    );
+    assert_eq!(events[2], "data: [DONE]");
     app.stop().await;
 });

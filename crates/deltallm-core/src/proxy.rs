@@ -45,7 +45,8 @@ impl Endpoint {
     fn operation(self) -> Operation {
         match self {
             Endpoint::ChatCompletions => Operation::Chat,
-            Endpoint::Completions => Operation::Completions,
+            // RUN-4: served through chat; see `deltallm_providers::completions`.
+            Endpoint::Completions => Operation::Chat,
             Endpoint::Embeddings => Operation::Embeddings,
             Endpoint::ImageGenerations => Operation::ImageGeneration,
             Endpoint::AudioSpeech => Operation::AudioSpeech,
@@ -259,10 +260,26 @@ impl Gateway {
             Err(e) => return self.rejected(endpoint, e, started),
         };
         let tags: Vec<&str> = tags.iter().map(AsRef::as_ref).collect();
+        // Legacy completions go upstream as chat requests (RUN-4).
+        let converted = match endpoint {
+            Endpoint::Completions => match deltallm_providers::completions::chat_request(&parsed) {
+                Ok(chat) => Some(chat),
+                Err(e) => return self.rejected(endpoint, provider_error(&e), started),
+            },
+            _ => None,
+        };
+        let chat_body;
+        let upstream_body = match &converted {
+            Some(chat) => {
+                chat_body = RequestBody::parse(chat).map_err(|e| Error::invalid(e.message))?;
+                &chat_body
+            }
+            None => &parsed,
+        };
         let spend = SpendContext::new(endpoint.call_type(), &model, stream, &tags);
         let result = match self.resolve_target(&model, endpoint) {
             Ok((registry, entry)) => {
-                self.route_and_call(&registry, &entry, endpoint, Payload::Json(&parsed), &tags, started).await
+                self.route_and_call(&registry, &entry, endpoint, Payload::Json(upstream_body), &tags, started).await
             }
             Err(e) => Err(e.into()),
         };
@@ -321,6 +338,21 @@ impl Gateway {
         let body = match served.reply {
             Reply::Json { body: bytes, usage } => {
                 let units = units_of(endpoint, usage.as_ref(), body);
+                let bytes = match endpoint {
+                    Endpoint::Completions => match deltallm_providers::completions::completion_response(&bytes) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let e = ProxyError {
+                                error: provider_error(&e),
+                                route: Some(Box::new(served.route)),
+                                overhead: started.elapsed().saturating_sub(served.upstream_time),
+                            };
+                            self.record_spend(spend.failure(&e, Some(deployment.provider.clone()), started));
+                            return Err(e);
+                        }
+                    },
+                    _ => bytes,
+                };
                 self.record_spend(spend.success(&deployment, endpoint, &units, &served.route, started));
                 ProxyBody::Json(bytes)
             }
@@ -337,6 +369,7 @@ impl Gateway {
                 spend,
                 served.route.clone(),
                 started,
+                (endpoint == Endpoint::Completions).then_some(deltallm_providers::completions::completion_chunk),
             )),
         };
         Ok(ProxyResponse { body, route: served.route, overhead, request_id })

@@ -88,7 +88,11 @@ impl Drop for State {
     }
 }
 
+/// Reshapes one chunk payload before framing (legacy completions).
+pub(crate) type ChunkMap = fn(&[u8]) -> Bytes;
+
 /// Frame a stream whose first chunk has already arrived.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn framed(
     gateway: Gateway,
     first: Bytes,
@@ -97,16 +101,21 @@ pub(crate) fn framed(
     spend: SpendContext,
     route: RouteDecision,
     started: Instant,
+    map: Option<ChunkMap>,
 ) -> BoxStream<'static, Bytes> {
     let usage = upstream.usage();
     let state = State { gateway, first: Some(first), upstream, usage, deployment, spend: Some(spend), route, started };
-    futures_util::stream::unfold(Some(state), |state| async move {
+    let frame_chunk = move |payload: &[u8]| match map {
+        Some(map) => frame(&map(payload)),
+        None => frame(payload),
+    };
+    futures_util::stream::unfold(Some(state), move |state| async move {
         let mut state = state?;
         if let Some(first) = state.first.take() {
-            return Some((frame(&first), Some(state)));
+            return Some((frame_chunk(&first), Some(state)));
         }
         match state.upstream.next().await {
-            Some(Ok(chunk)) => Some((frame(&chunk), Some(state))),
+            Some(Ok(chunk)) => Some((frame_chunk(&chunk), Some(state))),
             Some(Err(e)) => {
                 let e = match state.deployment.connection.as_ref() {
                     Some(conn) => conn.scrub(e),

@@ -90,6 +90,12 @@ impl Error {
         }
     }
 
+    /// Name the request field a local rejection is about (OpenAI `param`).
+    pub fn with_param(mut self, param: &str) -> Self {
+        self.upstream_fields.get_or_insert_with(Box::default).param = Some(param.to_owned());
+        self
+    }
+
     /// A deadline or read timeout.
     pub fn timeout(message: impl Into<String>) -> Self {
         Self {

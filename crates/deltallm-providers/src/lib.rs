@@ -15,6 +15,7 @@
 mod anthropic;
 mod body;
 mod client;
+pub mod completions;
 mod connection;
 mod error;
 mod gemini;
