@@ -75,7 +75,10 @@ pub struct GatewaySettings {
 /// embedder may hand in its own). Without one, references resolve to
 /// nothing and the field is treated as absent (CRED-6).
 #[derive(Clone, Default)]
-pub struct SecretRefs(Option<Arc<dyn Fn(&str) -> Option<String> + Send + Sync>>);
+pub struct SecretRefs(Option<Arc<EnvLookup>>);
+
+/// Reads one environment-style name.
+type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 /// The prefix of an environment reference.
 pub const ENV_REF_PREFIX: &str = "os.environ/";
