@@ -210,6 +210,15 @@ on_both_backends!(shared_model_name_warns_on_differing_access_groups, |url: Stri
     let (_, models) = app.get("/v1/models").await;
     assert_eq!(models["data"].as_array().unwrap().len(), 1, "one public name");
     assert_eq!(app.gateway.registry().entries.get("shared").unwrap().members.len(), 3);
+    // The list view flags every deployment of the name until the lists agree.
+    let (_, list) = app.get("/ui/api/models").await;
+    let flagged =
+        list["data"].as_array().unwrap().iter().filter(|e| e["warnings"][0].as_str() == Some(warning)).count();
+    assert_eq!(flagged, 3, "{list}");
+    let (s, _) = app.put("/ui/api/models/shared-c", &json!({"model_info": {"access_groups": ["team-a"]}})).await;
+    assert_eq!(s, 200);
+    let (_, list) = app.get("/ui/api/models").await;
+    assert!(list["data"].as_array().unwrap().iter().all(|e| e.get("warnings").is_none()), "{list}");
     app.stop().await;
 });
 

@@ -111,6 +111,9 @@ pub struct Registry {
     pub sorted_keys: Vec<Arc<str>>,
     /// When this snapshot was built (unix seconds).
     pub built_at: i64,
+    /// DEP-3 warnings: public names whose deployments carry differing
+    /// `access_groups` (shown in the admin list).
+    pub access_group_warnings: HashMap<Arc<str>, String>,
 }
 
 impl Registry {
@@ -161,6 +164,24 @@ fn apply_runtime_defaults(provider_key: &str, params: &mut Map<String, Value>, s
             params.insert("api_base".into(), Value::String(base));
         }
     }
+}
+
+/// DEP-3: every public name whose deployments disagree on `access_groups`.
+fn access_group_warnings(registry: &Registry) -> HashMap<Arc<str>, String> {
+    let mut by_name: HashMap<&str, Vec<(String, Vec<String>)>> = HashMap::new();
+    for d in registry.deployments.values() {
+        by_name
+            .entry(d.record.model_name.as_str())
+            .or_default()
+            .push((d.record.deployment_id.clone(), d.record.access_groups()));
+    }
+    by_name
+        .into_iter()
+        .filter_map(|(name, mut lists)| {
+            lists.sort();
+            deltallm_domain::deployment::access_group_warning(name, &lists).map(|w| (Arc::from(name), w))
+        })
+        .collect()
 }
 
 /// Build a registry from stored records without route groups. `previous`
@@ -247,6 +268,7 @@ pub fn build_with_route_groups(
         registry.entries.insert(key, Arc::new(entry));
     }
     add_route_groups(&mut registry, route_groups, &global);
+    registry.access_group_warnings = access_group_warnings(&registry);
     let mut keys: Vec<Arc<str>> = registry.entries.keys().cloned().collect();
     keys.sort();
     registry.sorted_keys = keys;

@@ -70,6 +70,9 @@ pub struct ModelEntry {
     /// Why the runtime cannot route to it, if it cannot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routing_error: Option<String>,
+    /// List view flags (DEP-3: deployments of this name disagree on access groups).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A page of the admin list.
@@ -160,6 +163,7 @@ fn entry(record: &Deployment, shown_params: &Map<String, Value>, credential_name
         healthy: None,
         health: None,
         routing_error: None,
+        warnings: Vec::new(),
     }
 }
 
@@ -226,14 +230,20 @@ impl Gateway {
         let now = UnixMs::now();
         let data = rows
             .into_iter()
-            .map(|record| match registry.deployments.get(record.deployment_id.as_str()) {
-                // The registry holds the effective (credential-merged) view and live health.
-                Some(resolved) if resolved.record.updated_at == record.updated_at => live_entry(resolved, now, false),
-                _ => {
-                    let mut e = entry(&record, &record.deltallm_params, None);
-                    e.healthy = Some(true);
-                    e
-                }
+            .map(|record| {
+                let mut e = match registry.deployments.get(record.deployment_id.as_str()) {
+                    // The registry holds the effective (credential-merged) view and live health.
+                    Some(resolved) if resolved.record.updated_at == record.updated_at => {
+                        live_entry(resolved, now, false)
+                    }
+                    _ => {
+                        let mut e = entry(&record, &record.deltallm_params, None);
+                        e.healthy = Some(true);
+                        e
+                    }
+                };
+                e.warnings.extend(registry.access_group_warnings.get(record.model_name.as_str()).cloned());
+                e
             })
             .collect::<Vec<_>>();
         let has_more = query.offset + (data.len() as u64) < total;
