@@ -23,7 +23,7 @@ pub(crate) const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 /// OpenAI keys this translation consumes; defaults under other keys are
 /// Anthropic-native settings (e.g. `thinking`) and are passed through.
-const TRANSLATED: [&str; 16] = [
+const TRANSLATED: [&str; 17] = [
     "model",
     "messages",
     "system",
@@ -40,6 +40,7 @@ const TRANSLATED: [&str; 16] = [
     "n",
     "tools",
     "tool_choice",
+    "parallel_tool_calls",
 ];
 
 #[derive(Deserialize)]
@@ -48,11 +49,100 @@ struct ChatMessage {
     #[serde(default)]
     content: Value,
     #[serde(default)]
-    tool_calls: Option<Value>,
+    tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
 }
 
-fn unsupported_tools() -> Error {
-    Error::invalid("Tool calling is not supported for provider 'anthropic' yet")
+/// An OpenAI assistant `tool_calls` element.
+#[derive(Deserialize)]
+struct ToolCall {
+    id: String,
+    function: FunctionCall,
+}
+
+#[derive(Deserialize)]
+struct FunctionCall {
+    name: String,
+    /// JSON text, as OpenAI sends it.
+    #[serde(default)]
+    arguments: String,
+}
+
+/// OpenAI `tools` → Anthropic `tools` (`parameters` becomes `input_schema`).
+fn tools(raw: &str) -> Result<Option<Vec<Value>>> {
+    let tools: Option<Vec<Value>> = serde_json::from_str(raw)
+        .map_err(|e| Error::invalid(format!("Invalid 'tools' field: {e}")).with_param("tools"))?;
+    let Some(tools) = tools.filter(|t| !t.is_empty()) else { return Ok(None) };
+    tools
+        .into_iter()
+        .map(|t| {
+            let f = t
+                .get("function")
+                .filter(|_| t.get("type").and_then(Value::as_str).is_none_or(|k| k == "function"))
+                .ok_or_else(|| Error::invalid("Only function tools are supported for provider 'anthropic'").with_param("tools"))?;
+            let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
+                Error::invalid("every tool needs function.name").with_param("tools")
+            })?;
+            let mut out = json!({
+                "name": name,
+                "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            });
+            if let Some(d) = f.get("description").filter(|d| !d.is_null()) {
+                out["description"] = d.clone();
+            }
+            Ok(out)
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// OpenAI `tool_choice` (+ `parallel_tool_calls: false`) → Anthropic `tool_choice`.
+fn tool_choice(raw: Option<&str>, parallel: Option<&str>) -> Result<Option<Value>> {
+    let choice: Value = match raw {
+        Some(r) => serde_json::from_str(r)
+            .map_err(|_| Error::invalid("Invalid 'tool_choice' field").with_param("tool_choice"))?,
+        None => Value::Null,
+    };
+    let mut out = match &choice {
+        Value::Null => None,
+        Value::String(s) if s == "auto" => Some(json!({"type": "auto"})),
+        Value::String(s) if s == "required" => Some(json!({"type": "any"})),
+        Value::String(s) if s == "none" => Some(json!({"type": "none"})),
+        Value::Object(_) => match choice.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => Some(json!({"type": "tool", "name": name})),
+            None => return Err(Error::invalid("tool_choice needs function.name").with_param("tool_choice")),
+        },
+        _ => return Err(Error::invalid("Unsupported 'tool_choice' value").with_param("tool_choice")),
+    };
+    if parallel.map(str::trim) == Some("false") {
+        let c = out.get_or_insert_with(|| json!({"type": "auto"}));
+        if c["type"] != "none" {
+            c["disable_parallel_tool_use"] = Value::Bool(true);
+        }
+    }
+    Ok(out)
+}
+
+/// An assistant turn that called tools → text block (if any) plus `tool_use` blocks.
+fn assistant_with_tools(content: Value, calls: Vec<ToolCall>) -> Result<Value> {
+    let mut blocks = Vec::with_capacity(calls.len() + 1);
+    let text = text_of(&content)?;
+    if !text.is_empty() {
+        blocks.push(json!({"type": "text", "text": text}));
+    }
+    for call in calls {
+        let input: Value = if call.function.arguments.trim().is_empty() {
+            json!({})
+        } else {
+            serde_json::from_str(&call.function.arguments).map_err(|_| {
+                Error::invalid(format!("tool call '{}' has arguments that are not JSON", call.id))
+                    .with_param("messages")
+            })?
+        };
+        blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.function.name, "input": input}));
+    }
+    Ok(json!({"role": "assistant", "content": blocks}))
 }
 
 /// The Messages API request body.
@@ -63,22 +153,48 @@ pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Result<
         }
         None => return Err(Error::invalid("'messages' is required")),
     };
-    if body.get("tools").is_some_and(|t| !matches!(t.get().trim(), "null" | "[]")) {
-        return Err(unsupported_tools());
-    }
+    let tool_defs = match conn.field(body, "tools") {
+        Some(raw) => tools(raw.get())?,
+        None => None,
+    };
+    let choice = tool_choice(
+        conn.field(body, "tool_choice").map(|r| r.get()),
+        conn.field(body, "parallel_tool_calls").map(|r| r.get()),
+    )?;
 
     let mut system = Vec::new();
-    let mut out = Vec::with_capacity(messages.len());
+    let mut out: Vec<Value> = Vec::with_capacity(messages.len());
     for m in messages {
         match m.role.as_str() {
             "system" | "developer" => system.push(text_of(&m.content)?),
-            "user" | "assistant" => {
-                if m.tool_calls.as_ref().is_some_and(|t| !t.is_null()) {
-                    return Err(unsupported_tools());
-                }
-                out.push(json!({"role": m.role, "content": content(m.content)?}));
+            "assistant" if m.tool_calls.as_ref().is_some_and(|c| !c.is_empty()) => {
+                out.push(assistant_with_tools(m.content, m.tool_calls.unwrap_or_default())?);
             }
-            "tool" | "function" => return Err(unsupported_tools()),
+            "user" | "assistant" => out.push(json!({"role": m.role, "content": content(m.content)?})),
+            "tool" => {
+                // Tool results travel in a user turn; consecutive ones share it.
+                let id = m
+                    .tool_call_id
+                    .ok_or_else(|| Error::invalid("a tool message needs tool_call_id").with_param("messages"))?;
+                let result = json!({"type": "tool_result", "tool_use_id": id, "content": text_of(&m.content)?});
+                match out.last_mut() {
+                    Some(last)
+                        if last["role"] == "user"
+                            && last["content"]
+                                .as_array()
+                                .is_some_and(|c| c.iter().all(|b| b["type"] == "tool_result")) =>
+                    {
+                        if let Some(blocks) = last["content"].as_array_mut() {
+                            blocks.push(result);
+                        }
+                    }
+                    _ => out.push(json!({"role": "user", "content": [result]})),
+                }
+            }
+            "function" => {
+                return Err(Error::invalid("Legacy 'function' messages are not supported; use tool messages")
+                    .with_param("messages"));
+            }
             other => {
                 return Err(Error::invalid(format!("Unsupported message role '{other}'")));
             }
@@ -91,6 +207,12 @@ pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Result<
         w.value("system", &system.join("\n\n"))?;
     }
     w.value("messages", &out)?;
+    if let Some(defs) = &tool_defs {
+        w.value("tools", defs)?;
+    }
+    if let Some(choice) = &choice {
+        w.value("tool_choice", choice)?;
+    }
     let max_tokens = [body.get("max_tokens"), body.get("max_completion_tokens"), conn.field(body, "max_tokens")]
         .into_iter()
         .flatten()
@@ -254,9 +376,31 @@ pub(crate) fn response(conn: &Connection, body: &[u8]) -> Result<(Bytes, Usage)>
         #[serde(rename = "type")]
         kind: String,
         text: Option<String>,
+        id: Option<String>,
+        name: Option<String>,
+        input: Option<Value>,
     }
     let msg: Message = serde_json::from_slice(body).map_err(|e| invalid_response(&e))?;
     let text: String = msg.content.iter().filter(|b| b.kind == "text").filter_map(|b| b.text.as_deref()).collect();
+    let calls: Vec<Value> = msg
+        .content
+        .iter()
+        .filter(|b| b.kind == "tool_use")
+        .map(|b| {
+            json!({"id": b.id, "type": "function", "function": {
+                "name": b.name,
+                "arguments": b.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string),
+            }})
+        })
+        .collect();
+    let mut message = json!({"role": "assistant", "content": text});
+    if !calls.is_empty() {
+        // OpenAI sends `content: null` when a turn is only tool calls.
+        if text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = Value::Array(calls);
+    }
     let usage = msg.usage.to_usage();
     let out = json!({
         "id": msg.id,
@@ -265,7 +409,7 @@ pub(crate) fn response(conn: &Connection, body: &[u8]) -> Result<(Bytes, Usage)>
         "model": msg.model.as_deref().unwrap_or(conn.upstream_model()),
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": text},
+            "message": message,
             "finish_reason": finish_reason(msg.stop_reason.as_deref()),
         }],
         "usage": usage_json(&usage),
@@ -293,6 +437,8 @@ pub(crate) struct AnthropicSse {
     created: u64,
     usage: WireUsage,
     seen_delta: bool,
+    /// Content-block index → OpenAI tool-call index, for `tool_use` blocks.
+    tool_blocks: Vec<(u64, usize)>,
 }
 
 impl AnthropicSse {
@@ -303,7 +449,12 @@ impl AnthropicSse {
             created: unix_now(),
             usage: WireUsage::default(),
             seen_delta: false,
+            tool_blocks: Vec::new(),
         }
+    }
+
+    fn tool_index(&self, block: u64) -> Option<usize> {
+        self.tool_blocks.iter().find(|(b, _)| *b == block).map(|(_, i)| *i)
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>, usage: Option<&Usage>) -> Step {
@@ -330,7 +481,14 @@ enum Event {
     MessageStart {
         message: StartMessage,
     },
+    ContentBlockStart {
+        #[serde(default)]
+        index: u64,
+        content_block: StartBlock,
+    },
     ContentBlockDelta {
+        #[serde(default)]
+        index: u64,
         delta: Delta,
     },
     MessageDelta {
@@ -355,10 +513,22 @@ struct StartMessage {
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Delta {
-    TextDelta {
-        text: String,
+enum StartBlock {
+    ToolUse {
+        id: String,
+        name: String,
     },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Delta {
+    #[serde(rename = "text_delta")]
+    Text { text: String },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: String },
     #[serde(other)]
     Other,
 }
@@ -389,10 +559,29 @@ impl Translate for AnthropicSse {
                 self.usage.merge(message.usage);
                 self.chunk(json!({"role": "assistant", "content": ""}), None, None)
             }
-            Event::ContentBlockDelta { delta: Delta::TextDelta { text } } => {
+            Event::ContentBlockDelta { delta: Delta::Text { text }, .. } => {
                 self.chunk(json!({"content": text}), None, None)
             }
-            Event::ContentBlockDelta { delta: Delta::Other } | Event::Other => Step::Skip,
+            Event::ContentBlockStart { index, content_block: StartBlock::ToolUse { id, name } } => {
+                let call = self.tool_blocks.len();
+                self.tool_blocks.push((index, call));
+                let delta = json!({"tool_calls": [{"index": call, "id": id, "type": "function",
+                                                    "function": {"name": name, "arguments": ""}}]});
+                self.chunk(delta, None, None)
+            }
+            Event::ContentBlockDelta { index, delta: Delta::InputJson { partial_json } } => {
+                match self.tool_index(index) {
+                    Some(call) => self.chunk(
+                        json!({"tool_calls": [{"index": call, "function": {"arguments": partial_json}}]}),
+                        None,
+                        None,
+                    ),
+                    None => Step::Skip,
+                }
+            }
+            Event::ContentBlockStart { content_block: StartBlock::Other, .. }
+            | Event::ContentBlockDelta { delta: Delta::Other, .. }
+            | Event::Other => Step::Skip,
             Event::MessageDelta { delta, usage } => {
                 if let Some(u) = usage {
                     self.usage.merge(u);
@@ -485,11 +674,108 @@ mod tests {
     }
 
     #[test]
-    fn tools_are_rejected_not_mistranslated() {
-        let err = translate(&conn(None), json!({"messages": [{"role": "tool", "content": "r"}]})).unwrap_err();
-        assert_eq!(err.class, ErrorClass::InvalidRequest);
+    fn tools_and_tool_turns_translate() {
+        let out = translate(
+            &conn(None),
+            json!({
+                "messages": [
+                    {"role": "user", "content": "weather in Paris and Rome?"},
+                    {"role": "assistant", "content": null, "tool_calls": [
+                        {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}},
+                        {"id": "call_2", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Rome\"}"}}
+                    ]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                    {"role": "tool", "tool_call_id": "call_2", "content": "rain"}
+                ],
+                "tools": [{"type": "function", "function": {"name": "weather", "description": "Weather by city",
+                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+                "tool_choice": "required",
+                "parallel_tool_calls": false
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            out["tools"],
+            json!([{"name": "weather", "description": "Weather by city",
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+        );
+        assert_eq!(out["tool_choice"], json!({"type": "any", "disable_parallel_tool_use": true}));
+        assert_eq!(
+            out["messages"][1],
+            json!({"role": "assistant", "content": [
+                {"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "call_2", "name": "weather", "input": {"city": "Rome"}}
+            ]})
+        );
+        assert_eq!(
+            out["messages"][2],
+            json!({"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"},
+                {"type": "tool_result", "tool_use_id": "call_2", "content": "rain"}
+            ]}),
+            "consecutive tool results share one user turn"
+        );
+        assert_eq!(out["messages"].as_array().unwrap().len(), 3);
+        let named = translate(
+            &conn(None),
+            json!({"messages": [], "tool_choice": {"type": "function", "function": {"name": "weather"}}}),
+        )
+        .unwrap();
+        assert_eq!(named["tool_choice"], json!({"type": "tool", "name": "weather"}));
+    }
+
+    #[test]
+    fn malformed_tool_input_is_refused() {
+        let bad_args = json!({"messages": [{"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]});
+        assert_eq!(translate(&conn(None), bad_args).unwrap_err().class, ErrorClass::InvalidRequest);
+        let no_id = json!({"messages": [{"role": "tool", "content": "r"}]});
+        assert!(translate(&conn(None), no_id).unwrap_err().message.contains("tool_call_id"));
+        let other_tool = json!({"messages": [], "tools": [{"type": "code_interpreter"}]});
+        assert!(translate(&conn(None), other_tool).is_err());
         assert!(translate(&conn(None), json!({"messages": []})).is_ok());
         assert!(translate(&conn(None), json!({"model": "m"})).is_err());
+    }
+
+    #[test]
+    fn tool_use_responses_become_tool_calls() {
+        let body = br#"{"id":"msg_2","model":"claude-x","content":[{"type":"tool_use","id":"toolu_1","name":"weather","input":{"city":"Paris"}}],"stop_reason":"tool_use","usage":{"input_tokens":20,"output_tokens":9}}"#;
+        let (bytes, _) = response(&conn(None), body).unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            v["choices"][0],
+            json!({"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                   "tool_calls": [{"id": "toolu_1", "type": "function",
+                                   "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}]}})
+        );
+
+        let mut t = AnthropicSse::new(&conn(None));
+        let lines: [&[u8]; 6] = [
+            br#"data: {"type":"message_start","message":{"id":"msg_3","model":"claude-x","usage":{"input_tokens":5}}}"#,
+            br#"data: {"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_9","name":"weather","input":{}}}"#,
+            br#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"city\":"}}"#,
+            br#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\"Rome\"}"}}"#,
+            br#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":7}}"#,
+            br#"data: {"type":"message_stop"}"#,
+        ];
+        let emitted: Vec<Value> = lines
+            .into_iter()
+            .filter_map(|l| match t.line(Bytes::from_static(l)) {
+                Step::Emit(b) => Some(serde_json::from_slice(&b).unwrap()),
+                Step::Fail(e) => panic!("{e}"),
+                Step::Skip | Step::Done => None,
+            })
+            .collect();
+        assert_eq!(
+            emitted[1]["choices"][0]["delta"],
+            json!({"tool_calls": [{"index": 0, "id": "toolu_9", "type": "function", "function": {"name": "weather", "arguments": ""}}]})
+        );
+        let args: String = emitted[2..4]
+            .iter()
+            .map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(args, r#"{"city":"Rome"}"#);
+        assert_eq!(emitted[4]["choices"][0]["finish_reason"], "tool_calls");
     }
 
     #[test]

@@ -159,3 +159,39 @@ async fn embeddings_are_not_an_anthropic_endpoint() {
         (ErrorClass::InvalidRequest, "Provider 'anthropic' does not support the /embeddings endpoint")
     );
 }
+
+#[tokio::test]
+async fn tool_calls_round_trip_over_the_wire() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "msg_t", "type": "message", "role": "assistant", "model": "claude-sonnet-4",
+            "content": [{"type": "text", "text": "Checking."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "rust"}}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": 30, "output_tokens": 12}
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let c = conn("anthropic", &format!("{}/v1", server.uri()), json!({"model": "claude-sonnet-4"}), None);
+    let client = bytes(&json!({
+        "model": "claude",
+        "messages": [{"role": "user", "content": "search rust"}],
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+        "tool_choice": "auto"
+    }));
+
+    let (value, _) = json_reply(providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap());
+
+    let sent = json_body(&only_request(&server).await);
+    assert_eq!(sent["tools"], json!([{"name": "lookup", "input_schema": {"type": "object"}}]));
+    assert_eq!(sent["tool_choice"], json!({"type": "auto"}));
+    let message: &Value = &value["choices"][0]["message"];
+    assert_eq!(message["content"], "Checking.");
+    assert_eq!(
+        message["tool_calls"],
+        json!([{"id": "toolu_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"rust\"}"}}])
+    );
+    assert_eq!(value["choices"][0]["finish_reason"], "tool_calls");
+}
