@@ -116,6 +116,41 @@ def test_chat_streaming(client, upstream):
     assert sent.body["stream_options"] == {"include_usage": True}
 
 
+def test_streams_without_usage_option_see_no_usage_chunk(client, upstream):
+    """The gateway asks the upstream for usage (to price the stream) but a
+    client that did not ask gets the plain chunk sequence."""
+    upstream.clear()
+    stream = client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, stream=True)
+    with stream:
+        chunks = list(stream)
+    assert all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks), "no choices-less usage chunk reaches the client"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == mock_upstream.CHAT_TEXT
+    sent = only_request(upstream, "/v1/chat/completions")
+    assert sent.body["stream_options"] == {"include_usage": True}
+
+
+def test_legacy_completions(client, upstream):
+    upstream.clear()
+    completion = client.completions.create(model=CHAT_MODEL, prompt="Say hello.", max_tokens=16)
+    assert isinstance(completion, openai.types.Completion)
+    assert completion.object == "text_completion"
+    assert completion.choices[0].text == mock_upstream.CHAT_TEXT
+    assert completion.usage.total_tokens == mock_upstream.CHAT_USAGE["total_tokens"]
+    sent = only_request(upstream, "/v1/chat/completions")
+    assert sent.body["messages"] == [{"role": "user", "content": "Say hello."}]
+
+    upstream.clear()
+    stream = client.completions.create(model=CHAT_MODEL, prompt="Say hello.", stream=True)
+    with stream:
+        text = "".join(c.choices[0].text for c in stream if c.choices)
+    assert text == mock_upstream.CHAT_TEXT
+
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=CHAT_MODEL, prompt="x", echo=True)
+    assert err.value.body["param"] == "echo"
+
+
 def test_chat_stream_ends_with_done_on_the_wire(gateway, upstream):
     """The SDK stops quietly at [DONE]; check the raw SSE framing as well."""
     upstream.clear()
