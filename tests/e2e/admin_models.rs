@@ -337,29 +337,23 @@ on_both_backends!(replicas_on_one_database_see_each_others_writes, |url: String|
     let b = TestApp::start(&url, settings).await;
     assert_eq!(a.post("/ui/api/models", &vllm_payload("http://127.0.0.1:9/v1")).await.0, 200);
 
-    let mut seen = false;
-    for _ in 0..50 {
-        if listed(&b).await == 1 {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(seen, "replica b picks up a deployment created on replica a");
+    assert!(lists_within(&b, 1, 2500).await, "replica b picks up a deployment created on replica a");
     assert_eq!(b.delete("/ui/api/models/vllm/llama-3-8b").await.0, 200);
-    let mut gone = false;
-    for _ in 0..50 {
-        if listed(&a).await == 0 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(gone, "and a sees b's delete");
+    assert!(lists_within(&a, 0, 2500).await, "and a sees b's delete");
     a.stop().await;
     b.stop().await;
 });
 
-async fn listed(app: &TestApp) -> usize {
-    app.get("/v1/models").await.1["data"].as_array().unwrap().len()
+/// Does `/v1/models` on `app` list `n` models within `ms` milliseconds?
+async fn lists_within(app: &TestApp, n: usize, ms: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    loop {
+        if app.get("/v1/models").await.1["data"].as_array().unwrap().len() == n {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
