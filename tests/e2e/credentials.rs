@@ -501,13 +501,15 @@ async fn rotate_key_command_on_the_embedded_default() {
     std::fs::write(&config, format!("server:\n  data_dir: {}\n", data_dir.display())).unwrap();
 
     let prepared = deltallm_bootstrap::prepare(Some(config.clone())).await.unwrap();
-    let gateway = Gateway::start(prepared.store, prepared.settings).await.unwrap();
-    gateway.create_credential(&vllm_credential("embedded", "http://e/v1", "sk-embedded")).await.unwrap();
-    gateway
+    let watch = prepared.salt_key_watch.clone();
+    assert!(watch.is_some(), "the generated salt key is watched");
+    let running = Gateway::start(prepared.store, prepared.settings).await.unwrap();
+    deltallm_bootstrap::serve::watch_salt_key(&running, watch);
+    running.create_credential(&vllm_credential("embedded", "http://e/v1", "sk-embedded")).await.unwrap();
+    running
         .create_model(&json!({"model_name": "m", "deltallm_params": {"provider": "vllm", "model": "m", "api_base": "http://e/v1", "api_key": "sk-e2"}}))
         .await
         .unwrap();
-    drop(gateway);
     let old = std::fs::read_to_string(data_dir.join("salt_key")).unwrap().trim().to_owned();
 
     let key_file = dir.path().join("new-salt");
@@ -523,6 +525,20 @@ async fn rotate_key_command_on_the_embedded_default() {
     );
     assert_eq!(std::fs::read_to_string(data_dir.join("salt_key")).unwrap().trim(), "embedded-new-salt-key-0123456789");
     assert_eq!(std::fs::read_to_string(data_dir.join("salt_key.previous")).unwrap().trim(), old);
+
+    // The running gateway follows the rotation without a restart: it seals
+    // with the new key and admin writes keep working.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while running.store().key_ring().current_id() != new_id {
+        assert!(std::time::Instant::now() < deadline, "the running gateway did not pick up the new salt key");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    running
+        .create_model(&json!({"model_name": "m2", "deltallm_params": {"provider": "vllm", "model": "m", "api_base": "http://e/v1", "api_key": "sk-e3"}}))
+        .await
+        .expect("admin writes work right after the rotation");
+    assert_eq!(running.registry().deployments.len(), 2);
+    drop(running);
 
     // Next start reads the new key file and everything.
     let prepared = deltallm_bootstrap::prepare(Some(config.clone())).await.unwrap();

@@ -75,6 +75,7 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let prepared = prepare(config).await?;
     tracing::info!(database = %prepared.database, "storage ready");
     let gateway = Gateway::start(prepared.store, prepared.settings).await?;
+    serve::watch_salt_key(&gateway, prepared.salt_key_watch);
     let listener = serve::bind(prepared.listen).await?.tap_io(serve::tune_client_socket);
     tracing::info!(address = %prepared.listen, "DeltaLLM gateway listening");
     axum::serve(listener, deltallm_http::app(gateway.clone())).with_graceful_shutdown(serve::shutdown_signal()).await?;

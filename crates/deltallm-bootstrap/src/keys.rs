@@ -27,6 +27,18 @@ pub struct ResolvedKeys {
     pub salt_key_file: Option<PathBuf>,
 }
 
+/// What a running gateway on the embedded default watches so that
+/// `rotate-key` (which rewrites the salt key file) needs no restart.
+#[derive(Debug, Clone)]
+pub struct SaltKeyWatch {
+    /// `<data_dir>/salt_key`.
+    pub file: PathBuf,
+    /// The salt key the process started with.
+    pub current: SecretString,
+    /// Other keys the ring already reads.
+    pub previous: Vec<SecretString>,
+}
+
 /// Backup of the salt key a rotation replaced, next to `salt_key`. It is read
 /// as a previous key, so a rotation interrupted after the file swap still starts.
 pub const PREVIOUS_SALT_KEY_FILE: &str = "salt_key.previous";

@@ -30,6 +30,9 @@ pub struct Prepared {
     pub listen: SocketAddr,
     /// Human-readable database description (no credentials).
     pub database: String,
+    /// The generated salt key's file and the ring's other keys, on the
+    /// embedded default: a rotation there is picked up without a restart.
+    pub salt_key_watch: Option<keys::SaltKeyWatch>,
 }
 
 /// Errors before the gateway can serve. Messages name what is wrong and never
@@ -85,5 +88,10 @@ pub async fn prepare(config_path: Option<PathBuf>) -> Result<Prepared, Error> {
     let store = connect_store(&keys.database_url, ring).await?;
     let listen = loaded.listen_addr()?;
     let settings = loaded.gateway_settings(keys.master_key.clone())?;
-    Ok(Prepared { settings, store, listen, database: describe_database(&keys.database_url) })
+    let salt_key_watch = keys.salt_key_file.clone().map(|file| keys::SaltKeyWatch {
+        file,
+        current: keys.salt_key.clone(),
+        previous: keys.previous_salt_keys.clone(),
+    });
+    Ok(Prepared { settings, store, listen, database: describe_database(&keys.database_url), salt_key_watch })
 }

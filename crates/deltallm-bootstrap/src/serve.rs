@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use deltallm_core::Gateway;
+use deltallm_domain::SecretString;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Resolve when SIGINT or SIGTERM arrives.
@@ -63,4 +64,45 @@ pub fn runtime_builder() -> tokio::runtime::Builder {
         b.worker_threads(threads);
         b
     }
+}
+
+/// How often the embedded default checks its salt key file.
+const SALT_KEY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// On the embedded default, follow `rotate-key`: when `<data_dir>/salt_key`
+/// holds a new key, seal with it from then on (the old keys stay readable)
+/// and rebuild the registry, so admin writes keep working with no restart.
+pub fn watch_salt_key(gateway: &Gateway, watch: Option<crate::keys::SaltKeyWatch>) {
+    let Some(mut watch) = watch else { return };
+    let gateway = gateway.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(SALT_KEY_POLL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Ok(text) = tokio::fs::read_to_string(&watch.file).await else { continue };
+            let on_disk = text.trim();
+            if on_disk.is_empty() || on_disk == watch.current.expose() {
+                continue;
+            }
+            let new = SecretString::new(on_disk);
+            let mut previous = vec![watch.current.clone()];
+            previous.extend(watch.previous.iter().filter(|k| k.expose() != on_disk).cloned());
+            let ring = match crate::key_ring(&new, &previous) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(path = %watch.file.display(), error = %e, "salt key file changed but is not usable; keeping the current key");
+                    continue;
+                }
+            };
+            let key_id = ring.current_id().to_owned();
+            gateway.store().replace_key_ring(ring);
+            watch.previous = previous;
+            watch.current = new;
+            match gateway.reload().await {
+                Ok(()) => tracing::info!(key_id = %key_id, "salt key rotated on disk; sealing with the new key"),
+                Err(e) => tracing::warn!(error = %e, "registry rebuild after a salt key change failed"),
+            }
+        }
+    });
 }

@@ -238,6 +238,13 @@ impl Gateway {
         Ok(())
     }
 
+    /// Rebuild the registry, serialized with admin writes so an older
+    /// snapshot never replaces a newer one (background reloads, embedders).
+    pub async fn reload(&self) -> Result<(), deltallm_storage::Error> {
+        let _guard = self.inner.write_lock.lock().await;
+        self.rebuild_registry().await
+    }
+
     /// Check the master key (constant time). `Err` carries the API error.
     pub fn check_master_key(&self, presented: Option<&str>) -> Result<()> {
         use deltallm_domain::ApiErrorKind;
@@ -278,9 +285,7 @@ fn spawn_registry_poll(inner: std::sync::Weak<Inner>, interval: std::time::Durat
             if last.as_deref() == Some(now.as_str()) {
                 continue;
             }
-            // Serialized with admin writes so an older snapshot never replaces a newer one.
-            let _guard = gateway.inner.write_lock.lock().await;
-            match gateway.rebuild_registry().await {
+            match gateway.reload().await {
                 Ok(()) => {
                     tracing::info!("registry reloaded after a change made elsewhere");
                     last = Some(now);

@@ -57,7 +57,7 @@ impl Store {
                 secret.insert(METADATA_SECRETS.into(), pointer_pairs(found));
             }
         }
-        let sealed = (!secret.is_empty()).then(|| self.keys.seal_map(&secret, &aad(&c.credential_id)));
+        let sealed = (!secret.is_empty()).then(|| self.keys.load().seal_map(&secret, &aad(&c.credential_id)));
         row::ActiveModel {
             credential_id: Set(c.credential_id.clone()),
             name: Set(c.name.clone()),
@@ -76,7 +76,7 @@ impl Store {
         let mut config = parse_object(&r.credential_id, &r.connection_config)?;
         let mut metadata_secrets = Vec::new();
         if let (Some(key_id), Some(ct)) = (&r.secret_key_id, &r.secret_ciphertext) {
-            let mut secret = self.keys.open_map(key_id, ct, &aad(&r.credential_id))?;
+            let mut secret = self.keys.load().open_map(key_id, ct, &aad(&r.credential_id))?;
             if let Some(pairs) = secret.remove(METADATA_SECRETS) {
                 metadata_secrets = from_pointer_pairs(pairs);
             }
@@ -243,7 +243,7 @@ impl Store {
     /// runs while gateways keep writing and can be re-run after an
     /// interruption (rows already under the current key are left alone).
     pub async fn reencrypt_all(&self) -> Result<Reencrypted> {
-        let current = self.keys.current_id().to_owned();
+        let current = self.keys.load().current_id().to_owned();
         let mut out = Reencrypted::default();
         let mut from = BTreeSet::new();
 
@@ -260,7 +260,8 @@ impl Store {
         for (id, key_id, ct) in deps {
             let (Some(key_id), Some(ct)) = (key_id, ct) else { continue };
             let aad = crate::deployments::aad(&id);
-            let sealed = self.keys.seal(&self.keys.open(&key_id, &ct, &aad)?, &aad);
+            let keys = self.keys.load();
+            let sealed = keys.seal(&keys.open(&key_id, &ct, &aad)?, &aad);
             let res = deployment::Entity::update_many()
                 .col_expr(deployment::Column::SecretCiphertext, Expr::value(sealed.ciphertext))
                 .col_expr(deployment::Column::SecretKeyId, Expr::value(sealed.key_id))
@@ -290,7 +291,8 @@ impl Store {
         for (id, key_id, ct) in creds {
             let (Some(key_id), Some(ct)) = (key_id, ct) else { continue };
             let aad = aad(&id);
-            let sealed = self.keys.seal(&self.keys.open(&key_id, &ct, &aad)?, &aad);
+            let keys = self.keys.load();
+            let sealed = keys.seal(&keys.open(&key_id, &ct, &aad)?, &aad);
             let res = row::Entity::update_many()
                 .col_expr(row::Column::SecretCiphertext, Expr::value(sealed.ciphertext))
                 .col_expr(row::Column::SecretKeyId, Expr::value(sealed.key_id))

@@ -68,7 +68,7 @@ impl Store {
                 secret.insert(slot.into(), pointer_pairs(pairs));
             }
         }
-        let sealed = (!secret.is_empty()).then(|| self.keys.seal_map(&secret, &aad(&d.deployment_id)));
+        let sealed = (!secret.is_empty()).then(|| self.keys.load().seal_map(&secret, &aad(&d.deployment_id)));
         row::ActiveModel {
             deployment_id: Set(d.deployment_id.clone()),
             model_name: Set(d.model_name.clone()),
@@ -88,7 +88,7 @@ impl Store {
         let mut params = Value::Object(parse_object(&r.deployment_id, &r.deltallm_params)?);
         let mut model_info = Value::Object(parse_object(&r.deployment_id, &r.model_info)?);
         if let (Some(key_id), Some(ct)) = (&r.secret_key_id, &r.secret_ciphertext) {
-            let mut secret = self.keys.open_map(key_id, ct, &aad(&r.deployment_id))?;
+            let mut secret = self.keys.load().open_map(key_id, ct, &aad(&r.deployment_id))?;
             let nested = secret.remove(NESTED_PARAMS_SECRETS).map(from_pointer_pairs).unwrap_or_default();
             let info = secret.remove(MODEL_INFO_SECRETS).map(from_pointer_pairs).unwrap_or_default();
             restore_secrets_deep(&mut params, nested);

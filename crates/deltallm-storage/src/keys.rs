@@ -35,7 +35,7 @@ impl Store {
             .all(&self.db)
             .await?;
         for key_id in dep_ids.into_iter().chain(cred_ids).flatten() {
-            if !self.keys.knows(&key_id) {
+            if !self.keys.load().knows(&key_id) {
                 *counts.entry(key_id).or_default() += 1;
             }
         }

@@ -18,6 +18,7 @@ mod spend;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use deltallm_secrets::KeyRing;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
@@ -28,11 +29,12 @@ pub use keys::UnreadableSecrets;
 pub use route_groups::RouteGroupSnapshot;
 pub use spend::{SpendGroupBy, SpendRecord, SpendSummaryRow};
 
-/// Database handle plus the key ring that seals secrets.
+/// Database handle plus the key ring that seals secrets. Clones share both,
+/// so a ring replaced on one clone (a salt key rotated on disk) is used by all.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
-    keys: Arc<KeyRing>,
+    keys: Arc<ArcSwap<KeyRing>>,
 }
 
 impl Store {
@@ -53,12 +55,12 @@ impl Store {
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
         });
         let db = Database::connect(opts).await?;
-        Ok(Self { db, keys: Arc::new(keys) })
+        Ok(Self { db, keys: Arc::new(ArcSwap::from_pointee(keys)) })
     }
 
     /// Wrap an existing connection (tests, embedders).
     pub fn from_connection(db: DatabaseConnection, keys: KeyRing) -> Self {
-        Self { db, keys: Arc::new(keys) }
+        Self { db, keys: Arc::new(ArcSwap::from_pointee(keys)) }
     }
 
     /// The raw connection (migrations, health checks).
@@ -67,8 +69,14 @@ impl Store {
     }
 
     /// The key ring used to seal and open secrets.
-    pub fn key_ring(&self) -> &KeyRing {
-        &self.keys
+    pub fn key_ring(&self) -> Arc<KeyRing> {
+        self.keys.load_full()
+    }
+
+    /// Seal with a new ring from now on (the salt key was rotated). Rows
+    /// sealed under keys the new ring still holds as previous keys stay readable.
+    pub fn replace_key_ring(&self, ring: KeyRing) {
+        self.keys.store(Arc::new(ring));
     }
 
     /// Start a write transaction. On SQLite it takes the write lock at
