@@ -643,3 +643,34 @@ async fn rebuilds_do_not_block_in_flight_requests_and_keep_live_state() {
     app.stop().await;
     db.cleanup().await;
 }
+
+on_both_backends!(config_route_groups_serve_until_the_database_has_its_own, |url: String| async move {
+    let a = ok_upstream().await;
+    let mut settings = test_settings();
+    settings.router.route_groups = vec![json!({"group_key": "support", "routing_strategy": "weighted",
+                                                "members": [{"deployment_id": "gpt-a"}]})];
+    let app = TestApp::start(&url, settings.clone()).await;
+    add(&app, "gpt", "gpt-a", &format!("{}/v1", a.uri()), json!({})).await;
+    let (_, models) = app.get("/v1/models").await;
+    let ids: Vec<_> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["gpt", "support"]);
+    let resp = chat(&app, "support").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-deltallm-route-strategy").as_deref(), Some("weighted"));
+
+    // Once the database holds route groups, they alone are served.
+    assert_eq!(
+        app.post("/ui/api/route-groups", &json!({"group_key": "ops", "members": [{"deployment_id": "gpt-a"}]})).await.0,
+        200
+    );
+    let (_, models) = app.get("/v1/models").await;
+    let ids: Vec<_> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["gpt", "ops"]);
+    app.stop().await;
+
+    // An invalid config group stops start-up and says where.
+    settings.router.route_groups = vec![json!({"group_key": "x", "mode": "telepathy"})];
+    let store = deltallm_bootstrap::connect_store(&url, deltallm_e2e::test_key_ring()).await.unwrap();
+    let err = deltallm_core::Gateway::start(store, settings).await.err().expect("start must fail").to_string();
+    assert!(err.contains("router_settings.route_groups[0]"), "{err}");
+});

@@ -7,7 +7,7 @@ use deltallm_domain::credential::NamedCredential;
 use deltallm_domain::deployment::{self, Deployment, LinkedCredential, WriteRules};
 use deltallm_providers::{HttpSettings, Providers};
 use deltallm_router::CooldownPolicy;
-use deltallm_storage::Store;
+use deltallm_storage::{RouteGroupSnapshot, Store};
 
 use crate::registry::{self, Registry};
 use crate::settings::{DeploymentSource, GatewaySettings};
@@ -31,6 +31,8 @@ pub(crate) struct Inner {
     pub(crate) write_lock: tokio::sync::Mutex<()>,
     /// Latest failover steps (RUN-10, `/health/fallback-events`).
     pub(crate) fallback_events: crate::health::FallbackEvents,
+    /// `router_settings.route_groups`, served while the database has none.
+    pub(crate) config_route_groups: RouteGroupSnapshot,
 }
 
 /// Turn config `model_list` entries into records, validated with the same
@@ -74,6 +76,24 @@ fn config_deployments(settings: &GatewaySettings, credentials: &[NamedCredential
     Ok(out)
 }
 
+/// CFG-5 `router_settings.route_groups`, validated like admin writes (ADM-6).
+/// They are served only while the database holds no route groups.
+fn config_route_groups(settings: &GatewaySettings) -> Result<RouteGroupSnapshot, String> {
+    let mut snapshot = RouteGroupSnapshot::default();
+    let now = chrono::Utc::now();
+    for (index, value) in settings.router.route_groups.iter().enumerate() {
+        let input = deltallm_domain::route_group::RouteGroupInput::from_create(value, now)
+            .map_err(|e| format!("router_settings.route_groups[{index}]: {e}"))?;
+        let key = input.group.group_key.clone();
+        if snapshot.groups.iter().any(|g| g.group_key == key) {
+            return Err(format!("router_settings.route_groups[{index}]: group_key '{key}' appears twice"));
+        }
+        snapshot.members.extend(input.members.into_iter().map(|m| m.merge(&key, None)));
+        snapshot.groups.push(input.group);
+    }
+    Ok(snapshot)
+}
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -111,6 +131,7 @@ impl Gateway {
         }
         let credentials = store.all_credentials().await?;
         let from_config = config_deployments(&settings, &credentials).map_err(StartError::Config)?;
+        let config_groups = config_route_groups(&settings).map_err(StartError::Config)?;
         if settings.deployment_source != DeploymentSource::ConfigOnly
             && settings.bootstrap_from_config
             && !from_config.is_empty()
@@ -153,6 +174,7 @@ impl Gateway {
                 cooldown,
                 write_lock: tokio::sync::Mutex::new(()),
                 fallback_events,
+                config_route_groups: config_groups,
             }),
         };
         gateway.rebuild_registry().await?;
@@ -217,19 +239,21 @@ impl Gateway {
                 }
             },
         };
-        let route_groups = match inner.settings.deployment_source {
+        let stored_groups = match inner.settings.deployment_source {
             DeploymentSource::ConfigOnly => Default::default(),
             DeploymentSource::DbOnly => inner.store.route_group_snapshot().await?,
             DeploymentSource::Hybrid => inner.store.route_group_snapshot().await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "route groups unavailable; serving models only");
+                tracing::warn!(error = %e, "route groups unavailable; serving config route groups");
                 Default::default()
             }),
         };
+        // CFG-5: config route groups stand in only while the database has none.
+        let route_groups = if stored_groups.groups.is_empty() { &inner.config_route_groups } else { &stored_groups };
         let previous = inner.registry.load();
         let next = registry::build_with_route_groups(
             deployments,
             &credentials,
-            &route_groups,
+            route_groups,
             &inner.settings,
             Some(&previous),
         );
