@@ -17,6 +17,83 @@ struct ChatMessage {
     role: String,
     #[serde(default)]
     content: Value,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ToolCall {
+    id: String,
+    function: FunctionCall,
+}
+
+#[derive(Deserialize)]
+struct FunctionCall {
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+/// OpenAI `tools` → one Gemini tool with `functionDeclarations`.
+fn function_declarations(raw: &str) -> Result<Option<Value>> {
+    let tools: Option<Vec<Value>> = serde_json::from_str(raw)
+        .map_err(|e| Error::invalid(format!("Invalid 'tools' field: {e}")).with_param("tools"))?;
+    let Some(tools) = tools.filter(|t| !t.is_empty()) else { return Ok(None) };
+    let declarations = tools
+        .into_iter()
+        .map(|t| {
+            let f = t
+                .get("function")
+                .filter(|_| t.get("type").and_then(Value::as_str).is_none_or(|k| k == "function"))
+                .ok_or_else(|| {
+                    Error::invalid("Only function tools are supported for provider 'gemini'").with_param("tools")
+                })?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::invalid("every tool needs function.name").with_param("tools"))?;
+            let mut d = json!({"name": name});
+            for key in ["description", "parameters"] {
+                if let Some(v) = f.get(key).filter(|v| !v.is_null()) {
+                    d[key] = v.clone();
+                }
+            }
+            Ok(d)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(json!([{"functionDeclarations": declarations}])))
+}
+
+/// OpenAI `tool_choice` → Gemini `toolConfig`.
+fn tool_config(raw: Option<&str>) -> Result<Option<Value>> {
+    let Some(raw) = raw else { return Ok(None) };
+    let choice: Value = serde_json::from_str(raw)
+        .map_err(|_| Error::invalid("Invalid 'tool_choice' field").with_param("tool_choice"))?;
+    let config = match &choice {
+        Value::Null => return Ok(None),
+        Value::String(s) if s == "auto" => json!({"mode": "AUTO"}),
+        Value::String(s) if s == "required" => json!({"mode": "ANY"}),
+        Value::String(s) if s == "none" => json!({"mode": "NONE"}),
+        Value::Object(_) => match choice.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+            None => return Err(Error::invalid("tool_choice needs function.name").with_param("tool_choice")),
+        },
+        _ => return Err(Error::invalid("Unsupported 'tool_choice' value").with_param("tool_choice")),
+    };
+    Ok(Some(json!({"functionCallingConfig": config})))
+}
+
+fn function_call_part(call: &ToolCall) -> Result<Value> {
+    let args: Value = if call.function.arguments.trim().is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(&call.function.arguments).map_err(|_| {
+            Error::invalid(format!("tool call '{}' has arguments that are not JSON", call.id)).with_param("messages")
+        })?
+    };
+    Ok(json!({"functionCall": {"name": call.function.name, "args": args}}))
 }
 
 /// OpenAI sampling keys → `generationConfig` keys.
@@ -38,17 +115,53 @@ pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Result<
         }
         None => return Err(Error::invalid("'messages' is required")),
     };
-    if body.get("tools").is_some_and(|t| !matches!(t.get().trim(), "null" | "[]")) {
-        return Err(Error::invalid("Tool calling is not supported for provider 'gemini' yet"));
-    }
+    let tools = match conn.field(body, "tools") {
+        Some(raw) => function_declarations(raw.get())?,
+        None => None,
+    };
+    let tool_config = tool_config(conn.field(body, "tool_choice").map(|r| r.get()))?;
     let mut system_parts = Vec::new();
-    let mut contents = Vec::with_capacity(messages.len());
+    let mut contents: Vec<Value> = Vec::with_capacity(messages.len());
+    // Gemini answers a function call by name, OpenAI by call id.
+    let mut call_names: Vec<(String, String)> = Vec::new();
     for m in messages {
-        let parts = parts(m.content)?;
         match m.role.as_str() {
-            "system" | "developer" => system_parts.extend(parts),
-            "user" => contents.push(json!({"role": "user", "parts": parts})),
-            "assistant" => contents.push(json!({"role": "model", "parts": parts})),
+            "system" | "developer" => system_parts.extend(parts(m.content)?),
+            "user" => contents.push(json!({"role": "user", "parts": parts(m.content)?})),
+            "assistant" => {
+                let calls = m.tool_calls.unwrap_or_default();
+                let mut model_parts =
+                    if calls.is_empty() || !m.content.is_null() { parts(m.content)? } else { Vec::new() };
+                for call in &calls {
+                    model_parts.push(function_call_part(call)?);
+                    call_names.push((call.id.clone(), call.function.name.clone()));
+                }
+                contents.push(json!({"role": "model", "parts": model_parts}));
+            }
+            "tool" => {
+                let id = m
+                    .tool_call_id
+                    .ok_or_else(|| Error::invalid("a tool message needs tool_call_id").with_param("messages"))?;
+                let name = call_names.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone()).ok_or_else(|| {
+                    Error::invalid(format!("tool message answers unknown tool call '{id}'")).with_param("messages")
+                })?;
+                let text: String = parts(m.content)?.iter().filter_map(|p| p.get("text")?.as_str()).collect();
+                let part = json!({"functionResponse": {"name": name, "response": {"content": text}}});
+                // Consecutive results share one turn, as Gemini expects.
+                match contents.last_mut() {
+                    Some(last)
+                        if last["role"] == "user"
+                            && last["parts"]
+                                .as_array()
+                                .is_some_and(|p| p.iter().all(|x| x.get("functionResponse").is_some())) =>
+                    {
+                        if let Some(p) = last["parts"].as_array_mut() {
+                            p.push(part);
+                        }
+                    }
+                    _ => contents.push(json!({"role": "user", "parts": [part]})),
+                }
+            }
             other => {
                 return Err(Error::invalid(format!("Unsupported message role '{other}' for provider 'gemini'")));
             }
@@ -90,6 +203,12 @@ pub(crate) fn request_body(conn: &Connection, body: &RequestBody<'_>) -> Result<
     }
     if !config.is_empty() {
         w.value("generationConfig", &config)?;
+    }
+    if let Some(tools) = &tools {
+        w.value("tools", tools)?;
+    }
+    if let Some(tool_config) = &tool_config {
+        w.value("toolConfig", tool_config)?;
     }
     Ok(w.finish())
 }
@@ -148,10 +267,19 @@ pub(crate) fn response(conn: &Connection, body: &[u8]) -> Result<(Bytes, Usage)>
         parts: Vec<Part>,
     }
     #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
     struct Part {
         text: Option<String>,
         #[serde(default)]
         thought: bool,
+        function_call: Option<GeminiCall>,
+    }
+    #[derive(Deserialize)]
+    struct GeminiCall {
+        id: Option<String>,
+        name: String,
+        #[serde(default)]
+        args: Value,
     }
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -192,10 +320,32 @@ pub(crate) fn response(conn: &Connection, body: &[u8]) -> Result<(Bytes, Usage)>
                 .filter(|p| !p.thought)
                 .filter_map(|p| p.text.as_deref())
                 .collect();
+            let calls: Vec<Value> = c
+                .content
+                .iter()
+                .flat_map(|c| c.parts.iter())
+                .filter_map(|p| p.function_call.as_ref())
+                .enumerate()
+                .map(|(n, f)| {
+                    // Gemini may omit call ids; OpenAI clients need one to answer with.
+                    let id = f.id.clone().unwrap_or_else(|| format!("call_{i}_{n}"));
+                    let args = if f.args.is_null() { "{}".to_owned() } else { f.args.to_string() };
+                    json!({"id": id, "type": "function", "function": {"name": f.name, "arguments": args}})
+                })
+                .collect();
+            let mut message = json!({"role": "assistant", "content": text});
+            let mut finish = c.finish_reason.as_deref().map(finish_reason);
+            if !calls.is_empty() {
+                if text.is_empty() {
+                    message["content"] = Value::Null;
+                }
+                message["tool_calls"] = Value::Array(calls);
+                finish = Some("tool_calls");
+            }
             json!({
                 "index": c.index.unwrap_or(i as u64),
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": c.finish_reason.as_deref().map(finish_reason),
+                "message": message,
+                "finish_reason": finish,
             })
         })
         .collect();
@@ -286,6 +436,53 @@ mod tests {
         );
         assert_eq!(v["usage"], json!({"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}));
         assert_eq!(usage.total_tokens, 6);
+    }
+
+    #[test]
+    fn tools_translate_both_ways() {
+        let client = json!({
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_a", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_a", "content": "snow"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "weather", "description": "d",
+                       "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+            "tool_choice": {"type": "function", "function": {"name": "weather"}}
+        });
+        let bytes = serde_json::to_vec(&client).unwrap();
+        let body = RequestBody::parse(&bytes).unwrap();
+        let out: Value = serde_json::from_slice(&request_body(&conn(None), &body).unwrap()).unwrap();
+        assert_eq!(
+            out["tools"],
+            json!([{"functionDeclarations": [{"name": "weather", "description": "d",
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]}])
+        );
+        assert_eq!(
+            out["toolConfig"],
+            json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["weather"]}})
+        );
+        assert_eq!(
+            out["contents"][1],
+            json!({"role": "model", "parts": [{"functionCall": {"name": "weather", "args": {"city": "Oslo"}}}]})
+        );
+        assert_eq!(
+            out["contents"][2],
+            json!({"role": "user", "parts": [{"functionResponse": {"name": "weather", "response": {"content": "snow"}}}]})
+        );
+
+        let reply = br#"{"candidates":[{"content":{"role":"model","parts":[{"functionCall":{"name":"weather","args":{"city":"Oslo"}}}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":3}}"#;
+        let (bytes, _) = response(&conn(None), reply).unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            v["choices"][0],
+            json!({"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                   "tool_calls": [{"id": "call_0_0", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]}})
+        );
+        let unknown = json!({"messages": [{"role": "tool", "tool_call_id": "nope", "content": "x"}]});
+        let bytes = serde_json::to_vec(&unknown).unwrap();
+        assert!(request_body(&conn(None), &RequestBody::parse(&bytes).unwrap()).is_err());
     }
 
     #[test]
