@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_create_core_tables;
 mod m20261125_000003_create_route_groups;
+mod m20261201_000004_drop_spend_lookup_indexes;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_create_core_tables::Migration),
             Box::new(m20261125_000003_create_route_groups::Migration),
+            Box::new(m20261201_000004_drop_spend_lookup_indexes::Migration),
         ]
     }
 }
