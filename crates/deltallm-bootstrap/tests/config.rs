@@ -185,3 +185,18 @@ general_settings:
         Ok(())
     });
 }
+
+#[test]
+fn the_example_config_loads_as_documented() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config.example.yaml");
+    Jail::expect_with(|jail| {
+        jail.set_env("OPENAI_API_KEY", "sk-example");
+        let loaded = load(Some(example.into())).expect("config.example.yaml is valid");
+        let s = loaded.gateway_settings(None).expect("and yields settings");
+        assert_eq!(s.config_model_list.len(), 2);
+        assert_eq!(s.config_model_list[0].deltallm_params["api_key"], "sk-example");
+        assert_eq!(s.router.route_groups.len(), 1);
+        assert_eq!(s.registry_poll_interval, Some(std::time::Duration::from_secs(30)));
+        Ok(())
+    });
+}
