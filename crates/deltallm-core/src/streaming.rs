@@ -10,8 +10,8 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 use deltallm_providers::{ChatStream, StreamUsage};
 use deltallm_router::UnixMs;
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::Gateway;
 use crate::pricing::Units;
@@ -21,12 +21,14 @@ use crate::spend::SpendContext;
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
-fn frame(payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(payload.len() + 8);
-    b.put_slice(b"data: ");
-    b.put_slice(payload);
-    b.put_slice(b"\n\n");
-    b.freeze()
+/// Largest body frame built from events that arrived together.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+fn put_frame(out: &mut BytesMut, payload: &[u8]) {
+    out.reserve(payload.len() + 8);
+    out.put_slice(b"data: ");
+    out.put_slice(payload);
+    out.put_slice(b"\n\n");
 }
 
 struct State {
@@ -79,6 +81,51 @@ impl State {
     }
 }
 
+impl State {
+    /// Append one upstream item to `out`, framed; `true` when the stream has
+    /// ended (clean end: `[DONE]`; cut: an error event, no `[DONE]`).
+    fn push(
+        &mut self,
+        out: &mut BytesMut,
+        item: Option<deltallm_providers::Result<Bytes>>,
+        map: Option<ChunkMap>,
+    ) -> bool {
+        match item {
+            Some(Ok(chunk)) => {
+                match map {
+                    Some(map) => put_frame(out, &map(&chunk)),
+                    None => put_frame(out, &chunk),
+                }
+                false
+            }
+            Some(Err(e)) => {
+                let e = match self.deployment.connection.as_ref() {
+                    Some(conn) => conn.scrub(e),
+                    None => e,
+                };
+                // The stream was cut after bytes were sent: it cannot fail over,
+                // but it does count against the deployment's health.
+                self.deployment.state.record_failure(&e.message, &self.gateway.inner.cooldown, UnixMs::now());
+                tracing::warn!(deployment_id = %self.route.served, error = %e.message, "upstream stream failed mid-response");
+                self.record("failure", 200, Some("stream_interrupted"));
+                let event = serde_json::json!({"error": {
+                    "message": format!("upstream stream interrupted: {}", e.client_message()),
+                    "type": "server_error",
+                    "param": null,
+                    "code": "stream_interrupted",
+                }});
+                put_frame(out, event.to_string().as_bytes());
+                true
+            }
+            None => {
+                self.record("success", 200, None);
+                out.put_slice(DONE);
+                true
+            }
+        }
+    }
+}
+
 impl Drop for State {
     fn drop(&mut self) {
         if self.spend.is_some() {
@@ -105,40 +152,25 @@ pub(crate) fn framed(
 ) -> BoxStream<'static, Bytes> {
     let usage = upstream.usage();
     let state = State { gateway, first: Some(first), upstream, usage, deployment, spend: Some(spend), route, started };
-    let frame_chunk = move |payload: &[u8]| match map {
-        Some(map) => frame(&map(payload)),
-        None => frame(payload),
-    };
     futures_util::stream::unfold(Some(state), move |state| async move {
         let mut state = state?;
-        if let Some(first) = state.first.take() {
-            return Some((frame_chunk(&first), Some(state)));
+        let mut out = BytesMut::new();
+        let first = match state.first.take() {
+            Some(first) => Some(Ok(first)),
+            None => state.upstream.next().await,
+        };
+        if state.push(&mut out, first, map) {
+            return Some((out.freeze(), None));
         }
-        match state.upstream.next().await {
-            Some(Ok(chunk)) => Some((frame_chunk(&chunk), Some(state))),
-            Some(Err(e)) => {
-                let e = match state.deployment.connection.as_ref() {
-                    Some(conn) => conn.scrub(e),
-                    None => e,
-                };
-                // The stream was cut after bytes were sent: it cannot fail over,
-                // but it does count against the deployment's health.
-                state.deployment.state.record_failure(&e.message, &state.gateway.inner.cooldown, UnixMs::now());
-                tracing::warn!(deployment_id = %state.route.served, error = %e.message, "upstream stream failed mid-response");
-                state.record("failure", 200, Some("stream_interrupted"));
-                let event = serde_json::json!({"error": {
-                    "message": format!("upstream stream interrupted: {}", e.client_message()),
-                    "type": "server_error",
-                    "param": null,
-                    "code": "stream_interrupted",
-                }});
-                Some((frame(event.to_string().as_bytes()), None))
-            }
-            None => {
-                state.record("success", 200, None);
-                Some((Bytes::from_static(DONE), None))
+        // Events the upstream already delivered go out in the same body frame:
+        // one write instead of one per event, and never a wait for more.
+        while out.len() < COALESCE_LIMIT {
+            let Some(next) = state.upstream.next().now_or_never() else { break };
+            if state.push(&mut out, next, map) {
+                return Some((out.freeze(), None));
             }
         }
+        Some((out.freeze(), Some(state)))
     })
     .boxed()
 }
