@@ -216,15 +216,24 @@ impl Store {
         let backend = self.db.get_database_backend();
         let mut rest = records.into_iter();
         let mut left = rest.len();
+        // One commit per batch: on SQLite every commit appends each page it
+        // touched to the WAL again, and consecutive chunks touch the same pages.
+        let txn = if left > ROW_CHUNKS[0] { Some(self.begin_write().await?) } else { None };
         while left > 0 {
             let rows = ROW_CHUNKS.iter().copied().find(|n| *n <= left).unwrap_or(1);
             let mut values = Vec::with_capacity(rows * SPEND_COLUMNS.len());
             for r in rest.by_ref().take(rows) {
                 push_values(&mut values, r);
             }
-            let sql = insert_sql(backend, rows);
-            self.db.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
+            let stmt = Statement::from_sql_and_values(backend, insert_sql(backend, rows), values);
+            match &txn {
+                Some(txn) => txn.execute_raw(stmt).await?,
+                None => self.db.execute_raw(stmt).await?,
+            };
             left -= rows;
+        }
+        if let Some(txn) = txn {
+            txn.commit().await?;
         }
         Ok(())
     }
