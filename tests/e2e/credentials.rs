@@ -613,11 +613,13 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 on_both_backends!(canary_secrets_never_leak, |url: String| async move {
     let logs = captured_logs();
     let tag = uuid::Uuid::new_v4().simple().to_string();
-    let canaries: Vec<String> = ["cred", "rotated", "inline", "meta", "aws", "nested", "info"]
+    let canaries: Vec<String> = ["cred", "rotated", "inline", "meta", "aws", "nested", "info", "header"]
         .iter()
         .map(|k| format!("canary-{k}-{tag}"))
         .collect();
-    let [cred_key, rotated_key, inline_key, meta_token, aws_secret, nested_secret, info_token] = &canaries[..] else {
+    let [cred_key, rotated_key, inline_key, meta_token, aws_secret, nested_secret, info_token, header_key] =
+        &canaries[..]
+    else {
         unreachable!()
     };
 
@@ -671,7 +673,8 @@ on_both_backends!(canary_secrets_never_leak, |url: String| async move {
             &json!({"model_name": "canary-nested", "deployment_id": "canary-nested",
                     "deltallm_params": {"provider": "vllm", "model": "m", "api_base": api_base,
                                         "extra_body": {"client_secret": nested_secret}},
-                    "model_info": {"input_cost_per_token": 0.000001, "hooks": {"webhook_token": info_token}}}),
+                    "model_info": {"input_cost_per_token": 0.000001, "hooks": {"webhook_token": info_token},
+                                   "default_params": {"extra_headers": {"X-Api-Key": header_key}}}}),
         )
         .await,
     );

@@ -25,7 +25,10 @@ const SHOWN: &[&str] = &[
 
 /// Is a value stored under `key` a secret? Case-insensitive: `api_key`, `aws_*`,
 /// anything containing `password`/`secret`/`token`, ending `_key` or equal to
-/// `key` — except the keys of the always-shown list.
+/// `key` — except the keys of the always-shown list. Beyond CRED-7, HTTP
+/// header names that carry credentials count too (`Authorization`,
+/// `Proxy-Authorization`, anything ending `-key` such as `x-api-key`), since
+/// they appear in `default_params.extra_headers`.
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     if SHOWN.contains(&k.as_str()) {
@@ -35,6 +38,9 @@ pub fn is_secret_key(key: &str) -> bool {
         || k == "key"
         || k.starts_with("aws_")
         || k.ends_with("_key")
+        || k.ends_with("-key")
+        || k == "authorization"
+        || k == "proxy-authorization"
         || k.contains("password")
         || k.contains("secret")
         || k.contains("token")
@@ -132,6 +138,9 @@ mod tests {
             "refresh_token",
             "private_key",
             "key",
+            "x-api-key",
+            "Authorization",
+            "Proxy-Authorization",
         ] {
             assert!(is_secret_key(k), "{k}");
         }
