@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use deltallm_domain::credential::NamedCredential;
-use deltallm_domain::deployment::{self, Deployment, LinkedCredential, WriteRules};
+use deltallm_domain::deployment::{self, Deployment, WriteRules};
 use deltallm_providers::{HttpSettings, Providers};
 use deltallm_router::CooldownPolicy;
 use deltallm_storage::{RouteGroupSnapshot, Store};
@@ -43,12 +43,10 @@ fn config_deployments(settings: &GatewaySettings, credentials: &[NamedCredential
     let mut out = Vec::with_capacity(settings.config_model_list.len());
     for (index, input) in settings.config_model_list.iter().enumerate() {
         let name = input.model_name.clone();
-        let linked = input.named_credential_id.as_deref().and_then(|id| {
-            credentials
-                .iter()
-                .find(|c| c.credential_id == id)
-                .map(|c| LinkedCredential { provider: &c.provider, connection_config: &c.connection_config })
-        });
+        let linked = input
+            .named_credential_id
+            .as_deref()
+            .and_then(|id| credentials.iter().find(|c| c.credential_id == id).map(NamedCredential::as_link));
         let valid = deployment::validate(input.clone(), linked, WriteRules::CONFIG).map_err(|e| {
             match (&input.named_credential_id, linked) {
                 (Some(id), None) => format!("model_list[{index}] ({name}): named credential '{id}' does not exist"),

@@ -43,6 +43,11 @@ impl fmt::Debug for NamedCredential {
 }
 
 impl NamedCredential {
+    /// This credential as the link a deployment write is checked against (CRED-4/5).
+    pub fn as_link(&self) -> crate::deployment::LinkedCredential<'_> {
+        crate::deployment::LinkedCredential { provider: &self.provider, connection_config: &self.connection_config }
+    }
+
     /// CRED-8: some config value is non-empty.
     pub fn credentials_present(&self) -> bool {
         self.connection_config.values().any(|v| match v {

@@ -15,6 +15,7 @@ use crate::body::{ObjectWriter, RequestBody};
 use crate::connection::Connection;
 use crate::error::{Error, ErrorClass, Result};
 use crate::sse::{Field, Step, Translate, field};
+use crate::tools::{ToolCall, ToolChoice};
 use crate::usage::Usage;
 
 /// Anthropic requires `max_tokens`; OpenAI does not. Used when neither the
@@ -54,67 +55,31 @@ struct ChatMessage {
     tool_call_id: Option<String>,
 }
 
-/// An OpenAI assistant `tool_calls` element.
-#[derive(Deserialize)]
-struct ToolCall {
-    id: String,
-    function: FunctionCall,
-}
-
-#[derive(Deserialize)]
-struct FunctionCall {
-    name: String,
-    /// JSON text, as OpenAI sends it.
-    #[serde(default)]
-    arguments: String,
-}
-
 /// OpenAI `tools` → Anthropic `tools` (`parameters` becomes `input_schema`).
 fn tools(raw: &str) -> Result<Option<Vec<Value>>> {
-    let tools: Option<Vec<Value>> = serde_json::from_str(raw)
-        .map_err(|e| Error::invalid(format!("Invalid 'tools' field: {e}")).with_param("tools"))?;
-    let Some(tools) = tools.filter(|t| !t.is_empty()) else { return Ok(None) };
-    tools
+    let Some(tools) = crate::tools::function_tools(raw, "anthropic")? else { return Ok(None) };
+    let tools = tools
         .into_iter()
         .map(|t| {
-            let f = t
-                .get("function")
-                .filter(|_| t.get("type").and_then(Value::as_str).is_none_or(|k| k == "function"))
-                .ok_or_else(|| Error::invalid("Only function tools are supported for provider 'anthropic'").with_param("tools"))?;
-            let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
-                Error::invalid("every tool needs function.name").with_param("tools")
-            })?;
-            let mut out = json!({
-                "name": name,
-                "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-            });
-            if let Some(d) = f.get("description").filter(|d| !d.is_null()) {
-                out["description"] = d.clone();
+            let schema = t.parameters.unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+            let mut out = json!({"name": t.name, "input_schema": schema});
+            if let Some(d) = t.description {
+                out["description"] = d;
             }
-            Ok(out)
+            out
         })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
+        .collect();
+    Ok(Some(tools))
 }
 
 /// OpenAI `tool_choice` (+ `parallel_tool_calls: false`) → Anthropic `tool_choice`.
 fn tool_choice(raw: Option<&str>, parallel: Option<&str>) -> Result<Option<Value>> {
-    let choice: Value = match raw {
-        Some(r) => serde_json::from_str(r)
-            .map_err(|_| Error::invalid("Invalid 'tool_choice' field").with_param("tool_choice"))?,
-        None => Value::Null,
-    };
-    let mut out = match &choice {
-        Value::Null => None,
-        Value::String(s) if s == "auto" => Some(json!({"type": "auto"})),
-        Value::String(s) if s == "required" => Some(json!({"type": "any"})),
-        Value::String(s) if s == "none" => Some(json!({"type": "none"})),
-        Value::Object(_) => match choice.pointer("/function/name").and_then(Value::as_str) {
-            Some(name) => Some(json!({"type": "tool", "name": name})),
-            None => return Err(Error::invalid("tool_choice needs function.name").with_param("tool_choice")),
-        },
-        _ => return Err(Error::invalid("Unsupported 'tool_choice' value").with_param("tool_choice")),
-    };
+    let mut out = crate::tools::tool_choice(raw)?.map(|c| match c {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+    });
     if parallel.map(str::trim) == Some("false") {
         let c = out.get_or_insert_with(|| json!({"type": "auto"}));
         if c["type"] != "none" {
@@ -132,14 +97,7 @@ fn assistant_with_tools(content: Value, calls: Vec<ToolCall>) -> Result<Value> {
         blocks.push(json!({"type": "text", "text": text}));
     }
     for call in calls {
-        let input: Value = if call.function.arguments.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(&call.function.arguments).map_err(|_| {
-                Error::invalid(format!("tool call '{}' has arguments that are not JSON", call.id))
-                    .with_param("messages")
-            })?
-        };
+        let input = call.input()?;
         blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.function.name, "input": input}));
     }
     Ok(json!({"role": "assistant", "content": blocks}))

@@ -10,6 +10,7 @@ use crate::anthropic::{data_url, invalid_response, unix_now};
 use crate::body::{ObjectWriter, RequestBody};
 use crate::connection::Connection;
 use crate::error::{Error, ErrorClass, Result};
+use crate::tools::{ToolCall, ToolChoice};
 use crate::usage::Usage;
 
 #[derive(Deserialize)]
@@ -23,77 +24,40 @@ struct ChatMessage {
     tool_call_id: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct ToolCall {
-    id: String,
-    function: FunctionCall,
-}
-
-#[derive(Deserialize)]
-struct FunctionCall {
-    name: String,
-    #[serde(default)]
-    arguments: String,
-}
-
 /// OpenAI `tools` → one Gemini tool with `functionDeclarations`.
 fn function_declarations(raw: &str) -> Result<Option<Value>> {
-    let tools: Option<Vec<Value>> = serde_json::from_str(raw)
-        .map_err(|e| Error::invalid(format!("Invalid 'tools' field: {e}")).with_param("tools"))?;
-    let Some(tools) = tools.filter(|t| !t.is_empty()) else { return Ok(None) };
-    let declarations = tools
+    let Some(tools) = crate::tools::function_tools(raw, "gemini")? else { return Ok(None) };
+    let declarations: Vec<Value> = tools
         .into_iter()
         .map(|t| {
-            let f = t
-                .get("function")
-                .filter(|_| t.get("type").and_then(Value::as_str).is_none_or(|k| k == "function"))
-                .ok_or_else(|| {
-                    Error::invalid("Only function tools are supported for provider 'gemini'").with_param("tools")
-                })?;
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| Error::invalid("every tool needs function.name").with_param("tools"))?;
-            let mut d = json!({"name": name});
-            for key in ["description", "parameters"] {
-                if let Some(v) = f.get(key).filter(|v| !v.is_null()) {
-                    d[key] = v.clone();
-                }
+            let mut d = json!({"name": t.name});
+            if let Some(v) = t.description {
+                d["description"] = v;
             }
-            Ok(d)
+            if let Some(v) = t.parameters {
+                d["parameters"] = v;
+            }
+            d
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect();
     Ok(Some(json!([{"functionDeclarations": declarations}])))
 }
 
 /// OpenAI `tool_choice` → Gemini `toolConfig`.
 fn tool_config(raw: Option<&str>) -> Result<Option<Value>> {
-    let Some(raw) = raw else { return Ok(None) };
-    let choice: Value = serde_json::from_str(raw)
-        .map_err(|_| Error::invalid("Invalid 'tool_choice' field").with_param("tool_choice"))?;
-    let config = match &choice {
-        Value::Null => return Ok(None),
-        Value::String(s) if s == "auto" => json!({"mode": "AUTO"}),
-        Value::String(s) if s == "required" => json!({"mode": "ANY"}),
-        Value::String(s) if s == "none" => json!({"mode": "NONE"}),
-        Value::Object(_) => match choice.pointer("/function/name").and_then(Value::as_str) {
-            Some(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
-            None => return Err(Error::invalid("tool_choice needs function.name").with_param("tool_choice")),
-        },
-        _ => return Err(Error::invalid("Unsupported 'tool_choice' value").with_param("tool_choice")),
-    };
-    Ok(Some(json!({"functionCallingConfig": config})))
+    Ok(crate::tools::tool_choice(raw)?.map(|c| {
+        let config = match c {
+            ToolChoice::Auto => json!({"mode": "AUTO"}),
+            ToolChoice::Required => json!({"mode": "ANY"}),
+            ToolChoice::None => json!({"mode": "NONE"}),
+            ToolChoice::Function(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+        };
+        json!({"functionCallingConfig": config})
+    }))
 }
 
 fn function_call_part(call: &ToolCall) -> Result<Value> {
-    let args: Value = if call.function.arguments.trim().is_empty() {
-        json!({})
-    } else {
-        serde_json::from_str(&call.function.arguments).map_err(|_| {
-            Error::invalid(format!("tool call '{}' has arguments that are not JSON", call.id)).with_param("messages")
-        })?
-    };
-    Ok(json!({"functionCall": {"name": call.function.name, "args": args}}))
+    Ok(json!({"functionCall": {"name": call.function.name, "args": call.input()?}}))
 }
 
 /// OpenAI sampling keys → `generationConfig` keys.

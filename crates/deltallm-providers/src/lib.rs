@@ -22,6 +22,7 @@ mod gemini;
 mod openai;
 mod operation;
 mod sse;
+mod tools;
 mod usage;
 
 pub use body::RequestBody;

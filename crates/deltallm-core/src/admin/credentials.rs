@@ -9,9 +9,7 @@ use deltallm_domain::credential::{
     self, CredentialInput, CredentialPatch, NamedCredential, changed_fields, inline_fingerprint,
     validate_connection_config, validate_credential_id, validate_provider,
 };
-use deltallm_domain::deployment::{
-    self, Deployment, DeploymentInput, LinkedCredential, WriteRules, strip_connection_fields,
-};
+use deltallm_domain::deployment::{self, Deployment, DeploymentInput, WriteRules, strip_connection_fields};
 use deltallm_domain::{ApiErrorKind, redaction};
 use deltallm_storage::LinkedDeployment;
 use serde::Serialize;
@@ -258,7 +256,7 @@ impl Gateway {
     /// linked deployments rely on is refused instead of breaking them.
     async fn check_linked_still_valid(&self, next: &NamedCredential) -> Result<()> {
         let linked = self.store().deployments_linked_to(&next.credential_id).await?;
-        let credential = LinkedCredential { provider: &next.provider, connection_config: &next.connection_config };
+        let credential = next.as_link();
         for d in linked {
             let input = DeploymentInput {
                 deployment_id: Some(d.deployment_id.clone()),

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use deltallm_domain::credential::NamedCredential;
 use deltallm_domain::deployment::{
-    self, Deployment, DeploymentInput, DeploymentPatch, LinkedCredential, WriteRules, access_group_warning,
+    self, Deployment, DeploymentInput, DeploymentPatch, WriteRules, access_group_warning,
 };
 use deltallm_domain::params::str_field;
 use deltallm_domain::{ApiErrorKind, auth_header, provider, redaction};
@@ -315,13 +315,7 @@ impl Gateway {
         let input = DeploymentInput::from_json(body)?;
         let _guard = self.inner.write_lock.lock().await;
         let credential = self.linked_credential(&input).await?;
-        let valid = deployment::validate(
-            input,
-            credential
-                .as_ref()
-                .map(|c| LinkedCredential { provider: &c.provider, connection_config: &c.connection_config }),
-            WriteRules::ADMIN,
-        )?;
+        let valid = deployment::validate(input, credential.as_ref().map(NamedCredential::as_link), WriteRules::ADMIN)?;
         let input = valid.input;
         let now = Utc::now();
         let record = Deployment {
@@ -353,13 +347,7 @@ impl Gateway {
         let stored = self.store().get_deployment(id).await?.ok_or_else(not_found)?;
         let input = patch.apply(&stored);
         let credential = self.linked_credential(&input).await?;
-        let valid = deployment::validate(
-            input,
-            credential
-                .as_ref()
-                .map(|c| LinkedCredential { provider: &c.provider, connection_config: &c.connection_config }),
-            WriteRules::ADMIN,
-        )?;
+        let valid = deployment::validate(input, credential.as_ref().map(NamedCredential::as_link), WriteRules::ADMIN)?;
         let input = valid.input;
         let record = Deployment {
             deployment_id: stored.deployment_id.clone(),
