@@ -321,14 +321,7 @@ pub fn changed_fields(before: Option<&NamedCredential>, after: &NamedCredential)
     if before.is_none_or(|b| b.provider != after.provider) {
         out.push("provider".to_owned());
     }
-    let mut keys: Vec<&String> = old_config.keys().chain(after.connection_config.keys()).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    for k in keys {
-        if old_config.get(k) != after.connection_config.get(k) {
-            out.push(format!("connection_config.{k}"));
-        }
-    }
+    crate::params::changed_keys("connection_config", old_config, &after.connection_config, &mut out);
     if before.is_none_or(|b| b.metadata != after.metadata) {
         out.push("metadata".to_owned());
     }

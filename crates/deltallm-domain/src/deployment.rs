@@ -517,6 +517,25 @@ pub fn access_group_warning(model_name: &str, lists: &[(String, Vec<String>)]) -
     ))
 }
 
+/// Names of the fields that differ from the stored record (audit, ADM-9):
+/// top-level fields, and `deltallm_params.<key>` per changed parameter.
+pub fn changed_fields(before: Option<&Deployment>, after: &Deployment) -> Vec<String> {
+    let mut out = Vec::new();
+    if before.is_none_or(|b| b.model_name != after.model_name) {
+        out.push("model_name".to_owned());
+    }
+    if before.is_none_or(|b| b.named_credential_id != after.named_credential_id) {
+        out.push("named_credential_id".to_owned());
+    }
+    let empty = Map::new();
+    let old_params = before.map_or(&empty, |b| &b.deltallm_params);
+    crate::params::changed_keys("deltallm_params", old_params, &after.deltallm_params, &mut out);
+    if before.is_none_or(|b| b.model_info != after.model_info) {
+        out.push("model_info".to_owned());
+    }
+    out
+}
+
 /// DEP-3/RUN-4: the deployments of one public name form one model group, so
 /// they must serve one workload mode (a chat request may go to any of them).
 /// `others` holds (deployment_id, mode) of the name's other deployments.
@@ -540,6 +559,29 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn changed_fields_name_what_changed_and_never_values() {
+        let stored = Deployment {
+            deployment_id: "d".into(),
+            model_name: "m".into(),
+            named_credential_id: None,
+            deltallm_params: json!({"provider": "vllm", "api_key": "sk-old"}).as_object().cloned().unwrap(),
+            model_info: Map::new(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        let mut next = stored.clone();
+        next.deltallm_params.insert("api_key".into(), json!("sk-new"));
+        next.deltallm_params.insert("timeout".into(), json!(30));
+        assert_eq!(changed_fields(Some(&stored), &next), ["deltallm_params.api_key", "deltallm_params.timeout"]);
+        let created = changed_fields(None, &stored);
+        assert_eq!(
+            created,
+            ["model_name", "named_credential_id", "deltallm_params.api_key", "deltallm_params.provider", "model_info"]
+        );
+        assert!(!format!("{created:?}").contains("sk-old"));
+    }
 
     #[test]
     fn deployments_of_one_name_share_one_mode() {

@@ -98,6 +98,15 @@ fn escape_pointer(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
 }
 
+/// Append `<prefix>.<key>` for every key whose value differs between the two
+/// maps, in key order (audit `changed_fields`, ADM-9: names, never values).
+pub fn changed_keys(prefix: &str, before: &Map<String, Value>, after: &Map<String, Value>, out: &mut Vec<String>) {
+    let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    out.extend(keys.into_iter().filter(|k| before.get(*k) != after.get(*k)).map(|k| format!("{prefix}.{k}")));
+}
+
 /// Non-empty string value of a key, trimmed.
 pub fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     map.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())

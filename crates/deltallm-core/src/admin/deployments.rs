@@ -178,34 +178,6 @@ fn live_entry(resolved: &ResolvedDeployment, now: UnixMs, detail: bool) -> Model
     e
 }
 
-/// Top-level fields (and `deltallm_params.*` keys) that differ from the stored record.
-fn changed_fields(before: Option<&Deployment>, after: &Deployment) -> Vec<String> {
-    let mut out = Vec::new();
-    let empty = Map::new();
-    let (name, cred, params, info) = match before {
-        Some(b) => (Some(&b.model_name), Some(&b.named_credential_id), &b.deltallm_params, Some(&b.model_info)),
-        None => (None, None, &empty, None),
-    };
-    if name != Some(&after.model_name) {
-        out.push("model_name".to_owned());
-    }
-    if cred != Some(&after.named_credential_id) {
-        out.push("named_credential_id".to_owned());
-    }
-    let mut keys: Vec<&String> = params.keys().chain(after.deltallm_params.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    for k in keys {
-        if params.get(k) != after.deltallm_params.get(k) {
-            out.push(format!("deltallm_params.{k}"));
-        }
-    }
-    if info != Some(&after.model_info) {
-        out.push("model_info".to_owned());
-    }
-    out
-}
-
 fn audit_payload(d: &Deployment) -> Value {
     serde_json::json!({
         "model_name": d.model_name,
@@ -334,7 +306,7 @@ impl Gateway {
             "create",
             "deployment",
             &record.deployment_id,
-            &changed_fields(None, &record),
+            &deployment::changed_fields(None, &record),
             &audit_payload(&record),
         );
         self.finish_write(&record).await
@@ -365,7 +337,7 @@ impl Gateway {
             "update",
             "deployment",
             &record.deployment_id,
-            &changed_fields(Some(&stored), &record),
+            &deployment::changed_fields(Some(&stored), &record),
             &audit_payload(&record),
         );
         let mut out = self.finish_write(&record).await?;
