@@ -253,18 +253,18 @@ impl Gateway {
     ) -> Result<ProxyResponse, ProxyError> {
         let parsed = match RequestBody::parse(&body) {
             Ok(p) => p,
-            Err(e) => return self.rejected(endpoint, Error::invalid(e.message), started),
+            Err(e) => return self.rejected(endpoint, "", Error::invalid(e.message), started),
         };
         let (model, tags, stream) = match check_request(&parsed, endpoint) {
             Ok(checked) => checked,
-            Err(e) => return self.rejected(endpoint, e, started),
+            Err(e) => return self.rejected(endpoint, "", e, started),
         };
         let tags: Vec<&str> = tags.iter().map(AsRef::as_ref).collect();
         // Legacy completions go upstream as chat requests (RUN-4).
         let converted = match endpoint {
             Endpoint::Completions => match deltallm_providers::completions::chat_request(&parsed) {
                 Ok(chat) => Some(chat),
-                Err(e) => return self.rejected(endpoint, provider_error(&e), started),
+                Err(e) => return self.rejected(endpoint, &model, provider_error(&e), started),
             },
             _ => None,
         };
@@ -286,10 +286,16 @@ impl Gateway {
         self.finish(result, endpoint, Some(&parsed), spend, started)
     }
 
-    /// A request refused before it named a usable model still leaves its
-    /// spend event (SPEND-3: one per request), with cost 0 and no model.
-    fn rejected(&self, endpoint: Endpoint, error: Error, started: Instant) -> Result<ProxyResponse, ProxyError> {
-        let spend = SpendContext::new(endpoint.call_type(), "", false, &[]);
+    /// A request refused before routing still leaves its spend event
+    /// (SPEND-3: one per request), with cost 0 and the model if it was readable.
+    fn rejected(
+        &self,
+        endpoint: Endpoint,
+        model: &str,
+        error: Error,
+        started: Instant,
+    ) -> Result<ProxyResponse, ProxyError> {
+        let spend = SpendContext::new(endpoint.call_type(), model, false, &[]);
         let error = ProxyError { error, route: None, overhead: started.elapsed() };
         self.record_spend(spend.failure(&error, None, started));
         Err(error)
