@@ -35,6 +35,13 @@ def test_models_list(client, upstream):
     assert upstream.received() == []
 
 
+def test_models_retrieve(client):
+    model = client.models.retrieve(CHAT_MODEL)
+    assert (model.id, model.object, model.owned_by) == (CHAT_MODEL, "model", "deltallm")
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
 def test_chat_completion(client, upstream, gateway):
     raw = client.chat.completions.with_raw_response.create(
         model=CHAT_MODEL,

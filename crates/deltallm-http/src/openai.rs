@@ -20,7 +20,11 @@ use crate::auth::presented_key;
 use crate::error::ProxyError;
 
 pub fn routes() -> Router<Gateway> {
-    let mut r = Router::new().route("/v1/models", get(list_models)).route("/models", get(list_models));
+    let mut r = Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/models", get(list_models))
+        .route("/v1/models/{*id}", get(get_model))
+        .route("/models/{*id}", get(get_model));
     for (path, endpoint) in [
         ("/chat/completions", Endpoint::ChatCompletions),
         ("/completions", Endpoint::Completions),
@@ -49,6 +53,26 @@ async fn list_models(State(gw): State<Gateway>, headers: HeaderMap) -> Response 
         .map(|k| json!({"id": k.as_ref(), "object": "model", "created": created, "owned_by": "deltallm"}))
         .collect();
     local(started, Json(json!({"object": "list", "data": data})).into_response())
+}
+
+/// `GET /v1/models/{id}`: one callable target, as the SDKs' `models.retrieve`
+/// expects (ids may contain `/`).
+async fn get_model(
+    State(gw): State<Gateway>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    if let Err(e) = gw.check_master_key(presented_key(&headers)) {
+        return local(started, ProxyError(e).into_response());
+    }
+    let registry = gw.registry();
+    if !registry.entries.contains_key(id.as_str()) {
+        let e = Error::not_found(format!("Model '{id}' is not configured")).with_code("model_not_found");
+        return local(started, ProxyError(e).into_response());
+    }
+    let body = json!({"id": id, "object": "model", "created": registry.built_at, "owned_by": "deltallm"});
+    local(started, Json(body).into_response())
 }
 
 /// A response the gateway produced without any upstream: all of its time is overhead.
