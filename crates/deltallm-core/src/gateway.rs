@@ -157,6 +157,7 @@ impl Gateway {
             connect_timeout: settings.upstream_connect_timeout,
             read_timeout: settings.upstream_read_timeout,
             pool_max_idle_per_host: settings.upstream_pool_max_idle_per_host,
+            ..HttpSettings::default()
         })
         .map_err(|e| StartError::Client(e.to_string()))?;
         let spend = SpendQueue::start(store.clone(), settings.spend_queue_capacity);

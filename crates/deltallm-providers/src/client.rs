@@ -8,7 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use deltallm_domain::provider::WireFamily;
 use futures_util::StreamExt;
-use http::header::CONTENT_TYPE;
+use futures_util::stream::BoxStream;
+use http::HeaderValue;
+use http::header::{CONTENT_TYPE, USER_AGENT};
+use http_body_util::{BodyDataStream, BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use reqwest::multipart::{Form, Part};
 
 use crate::anthropic::{self, AnthropicSse};
@@ -30,6 +35,9 @@ pub struct HttpSettings {
     pub read_timeout: Duration,
     /// Idle pooled connections kept per upstream host.
     pub pool_max_idle_per_host: usize,
+    /// Call `http://` upstreams with the direct client (see [`Providers`]);
+    /// `false` sends everything through reqwest.
+    pub direct_plain_http: bool,
 }
 
 impl Default for HttpSettings {
@@ -38,14 +46,29 @@ impl Default for HttpSettings {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(300),
             pool_max_idle_per_host: 256,
+            direct_plain_http: true,
         }
     }
 }
 
-/// The provider adapters over one shared connection pool. Cheap to clone.
+/// The client for plain-HTTP upstreams (see [`Providers`]).
+type PlainClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+
+/// The provider adapters over shared connection pools. Cheap to clone.
+///
+/// Chat, completions and other JSON calls to `http://` upstreams (vLLM,
+/// Ollama, LM Studio and other self-hosted servers) go through hyper-util's
+/// pooled client directly: reqwest's per-request layers (URL to URI
+/// conversion, redirect and timeout wrappers, boxed futures) were about a
+/// fifth of the gateway's CPU per request under load (docs/benchmarks.md).
+/// HTTPS, multipart and health probes use reqwest (TLS, system proxies). When
+/// an HTTP proxy is configured in the environment, plain HTTP goes through
+/// reqwest too, so it keeps honouring the proxy.
 #[derive(Debug, Clone)]
 pub struct Providers {
     client: reqwest::Client,
+    /// `None` when `HTTP_PROXY`/`ALL_PROXY` is set.
+    plain: Option<PlainClient>,
     read_timeout: Duration,
 }
 
@@ -129,7 +152,19 @@ impl Providers {
             .user_agent(concat!("deltallm/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(Error::from_reqwest)?;
-        Ok(Self { client, read_timeout: settings.read_timeout })
+        let proxied = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+            .iter()
+            .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+        let plain = (settings.direct_plain_http && !proxied).then(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(settings.connect_timeout));
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+                .pool_timer(TokioTimer::new())
+                .build(connector)
+        });
+        Ok(Self { client, plain, read_timeout: settings.read_timeout })
     }
 
     /// One upstream attempt for a JSON endpoint. `deadline` bounds the whole
@@ -154,12 +189,25 @@ impl Providers {
         let stream = body.stream() && op.is_chat_family();
         let (wire, payload) = prepare(conn, op, body, stream)?;
         let url = conn.url(op).ok_or_else(|| unsupported(conn, op))?;
-        let request =
-            conn.authorize(self.client.post(url.clone()))?.header(CONTENT_TYPE, "application/json").body(payload);
-        if stream {
-            return self.stream(conn, request, wire, deadline).await;
-        }
-        let (content_type, bytes) = self.unary(conn, request, deadline).await?;
+        let (content_type, bytes) = match (&self.plain, conn.plain_uri(op)) {
+            (Some(plain), Some(uri)) => {
+                let request = plain_request(conn, uri, payload)?;
+                if stream {
+                    return self.plain_stream(plain, conn, request, wire, deadline).await;
+                }
+                self.plain_unary(plain, conn, request, deadline).await?
+            }
+            _ => {
+                let request = conn
+                    .authorize(self.client.post(url.clone()))?
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(payload);
+                if stream {
+                    return self.stream(conn, request, wire, deadline).await;
+                }
+                self.unary(conn, request, deadline).await?
+            }
+        };
         match wire {
             Wire::OpenAi { .. } if op == Operation::AudioSpeech => Ok(Reply::Binary { content_type, body: bytes }),
             Wire::OpenAi { .. } => Ok(Reply::Json { usage: openai::response_usage(op, &bytes), body: bytes }),
@@ -260,29 +308,80 @@ impl Providers {
         request: reqwest::RequestBuilder,
         deadline: Option<Duration>,
     ) -> Result<(String, Bytes)> {
-        // One timer per attempt: the read timeout and the attempt deadline both
-        // bound the whole exchange here, so only the shorter one is armed.
-        let read_timeout = conn.read_timeout().unwrap_or(self.read_timeout);
-        let (limit, what) = match deadline {
-            Some(d) if d <= read_timeout => (d, "attempt deadline"),
-            _ => (read_timeout, "read timeout"),
-        };
+        let (limit, what) = self.timer_for(conn, deadline);
         with_timer(limit, what, async move {
             let response = request.send().await.map_err(Error::from_reqwest)?;
             let status = response.status();
             if !status.is_success() {
                 return Err(error_response(response).await);
             }
-            let content_type = response
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/octet-stream")
-                .to_owned();
+            let content_type = content_type_of(response.headers());
             let bytes = response.bytes().await.map_err(Error::from_reqwest)?;
             Ok((content_type, bytes))
         })
         .await
+    }
+
+    /// [`Providers::unary`] on the direct plain-HTTP client.
+    async fn plain_unary(
+        &self,
+        plain: &PlainClient,
+        conn: &Connection,
+        request: http::Request<Full<Bytes>>,
+        deadline: Option<Duration>,
+    ) -> Result<(String, Bytes)> {
+        let (limit, what) = self.timer_for(conn, deadline);
+        with_timer(limit, what, async move {
+            let (parts, body) = plain.request(request).await.map_err(|e| plain_error(&e))?.into_parts();
+            let bytes = body.collect().await.map_err(|e| plain_error(&e))?.to_bytes();
+            if !parts.status.is_success() {
+                return Err(Error::from_response(parts.status.as_u16(), &parts.headers, &bytes));
+            }
+            Ok((content_type_of(&parts.headers), bytes))
+        })
+        .await
+    }
+
+    /// [`Providers::stream`] on the direct plain-HTTP client.
+    async fn plain_stream(
+        &self,
+        plain: &PlainClient,
+        conn: &Connection,
+        request: http::Request<Full<Bytes>>,
+        wire: Wire,
+        deadline: Option<Duration>,
+    ) -> Result<Reply> {
+        let response = with_deadline(deadline, async move {
+            let response = plain.request(request).await.map_err(|e| plain_error(&e))?;
+            if !response.status().is_success() {
+                let (parts, body) = response.into_parts();
+                let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                return Err(Error::from_response(parts.status.as_u16(), &parts.headers, &bytes));
+            }
+            Ok(response)
+        })
+        .await?;
+        let body = BodyDataStream::new(response.into_body()).map(|r| r.map_err(|e| plain_error(&e))).boxed();
+        Ok(Reply::Stream(self.chat_stream(conn, body, wire)))
+    }
+
+    /// One timer per attempt: the read timeout and the attempt deadline both
+    /// bound the whole exchange, so only the shorter one is armed.
+    fn timer_for(&self, conn: &Connection, deadline: Option<Duration>) -> (Duration, &'static str) {
+        let read_timeout = conn.read_timeout().unwrap_or(self.read_timeout);
+        match deadline {
+            Some(d) if d <= read_timeout => (d, "attempt deadline"),
+            _ => (read_timeout, "read timeout"),
+        }
+    }
+
+    fn chat_stream(&self, conn: &Connection, body: BoxStream<'static, Result<Bytes>>, wire: Wire) -> ChatStream {
+        let idle = conn.read_timeout().unwrap_or(self.read_timeout);
+        match wire {
+            Wire::Anthropic => ChatStream::new(body, AnthropicSse::new(conn), idle),
+            Wire::OpenAi { hide_usage_chunk } => ChatStream::new(body, OpenAiSse::new(hide_usage_chunk), idle),
+            Wire::Gemini => ChatStream::new(body, OpenAiSse::new(false), idle),
+        }
     }
 
     /// Send, wait for the headers under the deadline, then hand the body to
@@ -302,15 +401,38 @@ impl Providers {
             Ok(response)
         })
         .await?;
-        let idle = conn.read_timeout().unwrap_or(self.read_timeout);
-        let body = response.bytes_stream().boxed();
-        let stream = match wire {
-            Wire::Anthropic => ChatStream::new(body, AnthropicSse::new(conn), idle),
-            Wire::OpenAi { hide_usage_chunk } => ChatStream::new(body, OpenAiSse::new(hide_usage_chunk), idle),
-            Wire::Gemini => ChatStream::new(body, OpenAiSse::new(false), idle),
-        };
-        Ok(Reply::Stream(stream))
+        let body = response.bytes_stream().map(|r| r.map_err(Error::from_reqwest)).boxed();
+        Ok(Reply::Stream(self.chat_stream(conn, body, wire)))
     }
+}
+
+/// A JSON `POST` for the direct plain-HTTP client.
+fn plain_request(conn: &Connection, uri: &http::Uri, payload: Vec<u8>) -> Result<http::Request<Full<Bytes>>> {
+    let mut request = http::Request::new(Full::new(Bytes::from(payload)));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri.clone();
+    let headers = request.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(USER_AGENT, HeaderValue::from_static(concat!("deltallm/", env!("CARGO_PKG_VERSION"))));
+    conn.auth_headers(headers)?;
+    Ok(request)
+}
+
+/// A transport failure of the direct client, with its causes (never a URL
+/// with secrets: plain-HTTP URLs carry none, keys travel in headers).
+fn plain_error(e: &(dyn std::error::Error + 'static)) -> Error {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    Error::transport(format!("upstream request failed: {message}"))
+}
+
+fn content_type_of(headers: &http::HeaderMap) -> String {
+    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/octet-stream").to_owned()
 }
 
 /// Pick the wire translation and build the upstream body.

@@ -51,6 +51,9 @@ pub struct Connection {
     /// Endpoint URL per [`Operation`] index; `None` where the wire family has
     /// no such endpoint.
     urls: Arc<[Option<Url>; 7]>,
+    /// The same endpoints as `http::Uri`s when the upstream speaks plain
+    /// HTTP, parsed once here for the direct client (see `client.rs`).
+    plain_uris: Arc<[Option<http::Uri>; 7]>,
     models_url: Option<Url>,
     auth: Auth,
     /// Fixed headers besides auth (anthropic-version).
@@ -197,6 +200,9 @@ impl Connection {
             upstream_model: upstream_model.into(),
             model_json: model_json.into(),
             api_base: api_base.into(),
+            plain_uris: Arc::new(std::array::from_fn(|i| {
+                urls[i].as_ref().filter(|u| u.scheme() == "http").and_then(|u| u.as_str().parse().ok())
+            })),
             urls: Arc::new(urls),
             models_url,
             auth,
@@ -270,6 +276,11 @@ impl Connection {
         self.urls[op.index()].as_ref()
     }
 
+    /// The endpoint as a plain-HTTP `Uri`, if the upstream is `http://`.
+    pub(crate) fn plain_uri(&self, op: Operation) -> Option<&http::Uri> {
+        self.plain_uris[op.index()].as_ref()
+    }
+
     pub(crate) fn models_url(&self) -> Option<&Url> {
         self.models_url.as_ref()
     }
@@ -286,6 +297,21 @@ impl Connection {
 
     /// Add auth and fixed headers. RUN-18: a provider that needs a key and has
     /// none fails here, before anything is sent.
+    /// The same headers as [`Connection::authorize`], into a header map.
+    pub(crate) fn auth_headers(&self, headers: &mut http::HeaderMap) -> Result<()> {
+        match &self.auth {
+            Auth::Missing => return Err(Error::invalid("Provider API key is missing for selected model")),
+            Auth::Header(name, value) => {
+                headers.insert(name.clone(), value.clone());
+            }
+            Auth::None => {}
+        }
+        for (name, value) in self.extra_headers.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+        Ok(())
+    }
+
     pub(crate) fn authorize(&self, mut request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder> {
         match &self.auth {
             Auth::Missing => {

@@ -218,7 +218,7 @@ impl ChatStream {
     }
 
     pub(crate) fn new<T: Translate>(
-        body: BoxStream<'static, reqwest::Result<Bytes>>,
+        body: BoxStream<'static, Result<Bytes>>,
         translator: T,
         idle_timeout: Duration,
     ) -> Self {
@@ -250,7 +250,7 @@ impl Stream for ChatStream {
 }
 
 struct State<T: Translate> {
-    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    body: BoxStream<'static, Result<Bytes>>,
     translator: T,
     splitter: LineSplitter,
     /// RUN-17 read timeout, applied to the gap between network chunks so a
@@ -285,7 +285,7 @@ impl<T: Translate> State<T> {
             }
             match tokio::time::timeout(self.idle_timeout, self.body.next()).await {
                 Ok(Some(Ok(chunk))) => self.splitter.push(chunk),
-                Ok(Some(Err(err))) => return Some((Err(Error::from_reqwest(err)), self.failed())),
+                Ok(Some(Err(err))) => return Some((Err(err), self.failed())),
                 Ok(None) => {
                     // A final line without a terminator may still be the marker.
                     if let Some(line) = self.splitter.finish() {

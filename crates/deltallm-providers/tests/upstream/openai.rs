@@ -261,11 +261,19 @@ fn sse_with_usage() -> ResponseTemplate {
 }
 
 async fn stream_through(provider: &str, client: serde_json::Value) -> (Vec<String>, Option<Usage>, serde_json::Value) {
+    stream_through_with(&providers(), provider, client).await
+}
+
+async fn stream_through_with(
+    providers: &deltallm_providers::Providers,
+    provider: &str,
+    client: serde_json::Value,
+) -> (Vec<String>, Option<Usage>, serde_json::Value) {
     let server = MockServer::start().await;
     Mock::given(method("POST")).and(path("/v1/chat/completions")).respond_with(sse_with_usage()).mount(&server).await;
     let c = conn(provider, &format!("{}/v1", server.uri()), json!({"model": "m"}), None);
     let client = bytes(&client);
-    let Reply::Stream(stream) = providers().call(&c, Operation::Chat, &body(&client), None).await.unwrap() else {
+    let Reply::Stream(stream) = providers.call(&c, Operation::Chat, &body(&client), None).await.unwrap() else {
         panic!("expected a stream")
     };
     let usage = stream.usage();
@@ -304,4 +312,48 @@ async fn streams_ask_for_usage_so_they_can_be_priced() {
     assert!(sent.get("stream_options").is_none(), "{sent}");
     assert_eq!(chunks.len(), 2, "nothing hidden when nothing was injected");
     assert_eq!(usage.map(|u| u.total_tokens), Some(6));
+}
+
+/// The direct plain-HTTP client and reqwest (HTTPS, proxies) put the same
+/// request on the wire and read the same answer, JSON and streamed, errors too.
+#[tokio::test]
+async fn both_clients_speak_the_same_wire() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion()))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/embeddings"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "3")
+                .set_body_json(json!({"error": {"message": "slow down"}})),
+        )
+        .mount(&server)
+        .await;
+    let c = conn("vllm", &format!("{}/v1", server.uri()), json!({"model": "m"}), None);
+    let client = bytes(&json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]}));
+    let embed = bytes(&json!({"model": "x", "input": "hi"}));
+    let mut sent = Vec::new();
+    for p in [providers(), reqwest_providers()] {
+        let (value, usage) = json_reply(p.call(&c, Operation::Chat, &body(&client), None).await.unwrap());
+        assert_eq!(value, completion());
+        assert_eq!(usage.map(|u| u.total_tokens), Some(11));
+        let err = p.call(&c, Operation::Embeddings, &body(&embed), None).await.unwrap_err();
+        assert_eq!((err.class, err.retry_after), (ErrorClass::RateLimit, Some(std::time::Duration::from_secs(3))));
+        let (chunks, _, req) =
+            stream_through_with(&p, "vllm", json!({"model": "x", "messages": [], "stream": true})).await;
+        assert_eq!(chunks.len(), 1, "{chunks:?}");
+        sent.push(req);
+    }
+    assert_eq!(sent[0], sent[1], "identical upstream bodies");
+    let reqs = server.received_requests().await.unwrap();
+    let auth: Vec<_> =
+        reqs.iter().map(|r| r.headers.get("authorization").map(|v| v.to_str().unwrap().to_owned())).collect();
+    assert!(auth.iter().all(|a| a.as_deref() == Some(format!("Bearer {KEY}").as_str())), "{auth:?}");
+    let agents: Vec<_> =
+        reqs.iter().map(|r| r.headers.get("user-agent").map(|v| v.to_str().unwrap().to_owned())).collect();
+    assert!(agents.iter().all(|a| a.as_deref().is_some_and(|a| a.starts_with("deltallm/"))), "{agents:?}");
 }

@@ -13,6 +13,16 @@ pub fn providers() -> Providers {
     Providers::new(&HttpSettings { read_timeout: Duration::from_secs(30), ..HttpSettings::default() }).unwrap()
 }
 
+/// Providers that send every call through reqwest (the HTTPS and proxy path).
+pub fn reqwest_providers() -> Providers {
+    Providers::new(&HttpSettings {
+        read_timeout: Duration::from_secs(30),
+        direct_plain_http: false,
+        ..HttpSettings::default()
+    })
+    .unwrap()
+}
+
 /// A connection for `provider` with the given params merged over
 /// `{api_key: KEY, api_base}`.
 pub fn conn(provider: &str, api_base: &str, extra: Value, defaults: Option<Value>) -> Connection {
