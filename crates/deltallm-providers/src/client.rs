@@ -51,6 +51,9 @@ impl Default for HttpSettings {
     }
 }
 
+/// `User-Agent` of every upstream call, whichever client sends it.
+const USER_AGENT_VALUE: &str = concat!("deltallm/", env!("CARGO_PKG_VERSION"));
+
 /// The client for plain-HTTP upstreams (see [`Providers`]).
 type PlainClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
 
@@ -149,7 +152,7 @@ impl Providers {
             // Provider APIs do not redirect; following one would send the
             // provider key (custom headers are not stripped) to another host.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("deltallm/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT_VALUE)
             .build()
             .map_err(Error::from_reqwest)?;
         let proxied = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
@@ -413,7 +416,7 @@ fn plain_request(conn: &Connection, uri: &http::Uri, payload: Vec<u8>) -> Result
     *request.uri_mut() = uri.clone();
     let headers = request.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(USER_AGENT, HeaderValue::from_static(concat!("deltallm/", env!("CARGO_PKG_VERSION"))));
+    headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
     conn.auth_headers(headers)?;
     Ok(request)
 }

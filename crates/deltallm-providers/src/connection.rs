@@ -297,7 +297,7 @@ impl Connection {
 
     /// Add auth and fixed headers. RUN-18: a provider that needs a key and has
     /// none fails here, before anything is sent.
-    /// The same headers as [`Connection::authorize`], into a header map.
+    /// The auth header and fixed extra headers (anthropic-version, ...).
     pub(crate) fn auth_headers(&self, headers: &mut http::HeaderMap) -> Result<()> {
         match &self.auth {
             Auth::Missing => return Err(Error::invalid("Provider API key is missing for selected model")),
@@ -312,18 +312,11 @@ impl Connection {
         Ok(())
     }
 
-    pub(crate) fn authorize(&self, mut request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder> {
-        match &self.auth {
-            Auth::Missing => {
-                return Err(Error::invalid("Provider API key is missing for selected model"));
-            }
-            Auth::Header(name, value) => request = request.header(name.clone(), value.clone()),
-            Auth::None => {}
-        }
-        for (name, value) in self.extra_headers.iter() {
-            request = request.header(name.clone(), value.clone());
-        }
-        Ok(request)
+    /// [`Connection::auth_headers`] on a reqwest request.
+    pub(crate) fn authorize(&self, request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder> {
+        let mut headers = http::HeaderMap::new();
+        self.auth_headers(&mut headers)?;
+        Ok(request.headers(headers))
     }
 }
 
