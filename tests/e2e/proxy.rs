@@ -531,18 +531,19 @@ on_both_backends!(a_large_spend_batch_is_written_whole_and_exact, |url: String| 
     let records: Vec<SpendRecord> = (0..101)
         .map(|i| SpendRecord {
             request_id: format!("req-{i}"),
-            call_type: "chat_completion".into(),
+            call_type: if i == 7 { "embedding" } else { "chat_completion" },
             model: if i % 2 == 0 { "even".into() } else { "odd".into() },
-            deployment_id: Some(format!("d-{i}")),
+            deployment_id: Some(format!("d-{i}").into()),
             provider: "vllm".into(),
             spend: 0.5,
-            billing_unit: "token".into(),
+            billing_unit: "token",
             prompt_tokens: i,
             total_tokens: i,
-            unpriced_reason: (i == 100).then(|| "no price".to_owned()),
+            unpriced_reason: (i == 100).then_some("no price"),
             request_tags: "[\"t\"]".into(),
             metadata: "{}".into(),
-            status: "success".into(),
+            status: if i == 7 { "failure" } else { "success" },
+            error_type: (i == 7).then_some("api_error"),
             http_status_code: 200,
             stream: i % 3 == 0,
             start_time: now,
@@ -562,6 +563,17 @@ on_both_backends!(a_large_spend_batch_is_written_whole_and_exact, |url: String| 
         (rows[100].request_id.as_str(), rows[100].stream, rows[100].deployment_id.as_deref()),
         ("req-0", true, Some("d-0"))
     );
+    // Fixed-vocabulary fields land as written, and timestamps read back exactly.
+    let seventh = rows.iter().find(|r| r.request_id == "req-7").unwrap();
+    assert_eq!(
+        (seventh.call_type.as_str(), seventh.status.as_str(), seventh.error_type.as_deref()),
+        ("embedding", "failure", Some("api_error"))
+    );
+    assert_eq!(
+        (rows[3].call_type.as_str(), rows[3].status.as_str(), rows[3].error_type.as_deref()),
+        ("chat_completion", "success", None)
+    );
+    assert_eq!(rows[50].start_time.timestamp_micros(), now.timestamp_micros());
     let by_model = app.gateway.store().spend_summary(SpendGroupBy::Model, None, None).await.unwrap();
     let even = by_model.iter().find(|r| r.key.as_deref() == Some("even")).unwrap();
     assert_eq!((even.requests, even.prompt_tokens), (51, (0..101).step_by(2).sum::<i64>()));

@@ -142,7 +142,7 @@ fn row(d: &ResolvedDeployment, now: UnixMs) -> DeploymentHealth {
     DeploymentHealth {
         deployment_id: d.record.deployment_id.clone(),
         model_name: d.record.model_name.clone(),
-        provider: d.provider.clone(),
+        provider: d.provider.to_string(),
         healthy: snap.healthy && d.connection.is_some(),
         in_cooldown: snap.in_cooldown,
         cooldown_until: snap.cooldown_until,

@@ -39,7 +39,7 @@ pub struct Cost {
     /// `token`, `image`, `character` or `second`.
     pub billing_unit: &'static str,
     /// Why the cost is 0 when no price applied.
-    pub unpriced_reason: Option<String>,
+    pub unpriced_reason: Option<&'static str>,
 }
 
 fn price(info: &Map<String, Value>, key: &str) -> Option<f64> {
@@ -73,10 +73,10 @@ impl Pricing {
 
     /// SPEND-1 cost for `mode`.
     pub fn cost(&self, mode: Mode, units: &Units) -> Cost {
-        let unpriced = |unit: &'static str, reason: &str| Cost {
+        let unpriced = |unit: &'static str, reason: &'static str| Cost {
             usd: 0.0,
             billing_unit: unit,
-            unpriced_reason: Some(reason.to_owned()),
+            unpriced_reason: Some(reason),
         };
         match mode {
             Mode::ImageGeneration => match self.input_per_image {

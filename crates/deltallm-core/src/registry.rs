@@ -25,10 +25,12 @@ use crate::settings::GatewaySettings;
 pub struct ResolvedDeployment {
     /// Stored record (secrets in memory only).
     pub record: Deployment,
+    /// `record.deployment_id`, shared with per-request records.
+    pub id: Arc<str>,
     /// Credential-merged, DEP-9-filled params (what is actually used).
     pub effective_params: Map<String, Value>,
     /// RUN-3 provider.
-    pub provider: String,
+    pub provider: Arc<str>,
     /// Workload mode.
     pub mode: Mode,
     /// Name of the linked credential.
@@ -240,7 +242,8 @@ pub fn build_with_route_groups(
         let pricing = Pricing::from_model_info(&record.model_info);
         let resolved = Arc::new(ResolvedDeployment {
             mode: record.mode(),
-            provider: provider_key,
+            id: id.clone(),
+            provider: Arc::from(provider_key),
             credential_name: credential.map(|c| c.name.clone()),
             effective_params: params,
             connection,

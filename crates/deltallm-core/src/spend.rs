@@ -105,7 +105,7 @@ pub struct SpendContext {
     /// Gateway request id.
     pub request_id: String,
     call_type: &'static str,
-    model: String,
+    model: Arc<str>,
     stream: bool,
     request_tags: String,
     start_time: chrono::DateTime<chrono::Utc>,
@@ -119,7 +119,7 @@ impl SpendContext {
             // this costs no `getrandom` system call per request.
             request_id: format!("req_{:032x}", rand::random::<u128>()),
             call_type,
-            model: model.to_owned(),
+            model: Arc::from(model),
             stream,
             request_tags: serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()),
             start_time: chrono::Utc::now(),
@@ -129,10 +129,10 @@ impl SpendContext {
     fn base(&self, started: std::time::Instant) -> SpendRecord {
         SpendRecord {
             request_id: self.request_id.clone(),
-            call_type: self.call_type.to_owned(),
+            call_type: self.call_type,
             model: self.model.clone(),
-            provider: "unknown".into(),
-            billing_unit: "token".into(),
+            provider: unknown_provider(),
+            billing_unit: "token",
             request_tags: self.request_tags.clone(),
             metadata: "{}".into(),
             stream: self.stream,
@@ -164,20 +164,20 @@ impl SpendContext {
         units: &crate::pricing::Units,
         route: &crate::proxy::RouteDecision,
         started: std::time::Instant,
-        status: &str,
+        status: &'static str,
         http_status: i32,
-        error_type: Option<&str>,
+        error_type: Option<&'static str>,
     ) -> SpendRecord {
         let cost = deployment.pricing.cost(endpoint.mode(), units);
         let conn = deployment.connection.as_ref();
         SpendRecord {
-            deployment_id: Some(deployment.record.deployment_id.clone()),
-            deployment_model: conn.map(|c| c.upstream_model().to_owned()),
+            deployment_id: Some(deployment.id.clone()),
+            deployment_model: conn.map(|c| c.upstream_model_shared().clone()),
             provider: deployment.provider.clone(),
-            api_base: conn.map(|c| c.api_base().to_owned()),
+            api_base: conn.map(|c| c.api_base_shared().clone()),
             spend: cost.usd,
             provider_cost: cost.usd,
-            billing_unit: cost.billing_unit.to_owned(),
+            billing_unit: cost.billing_unit,
             prompt_tokens: units.prompt_tokens as i64,
             completion_tokens: units.completion_tokens as i64,
             total_tokens: (units.prompt_tokens + units.completion_tokens) as i64,
@@ -187,9 +187,9 @@ impl SpendContext {
             audio_seconds: units.seconds,
             unpriced_reason: cost.unpriced_reason,
             metadata: route_metadata(route),
-            status: status.to_owned(),
+            status,
             http_status_code: http_status,
-            error_type: error_type.map(str::to_owned),
+            error_type,
             ..self.base(started)
         }
     }
@@ -198,20 +198,26 @@ impl SpendContext {
     pub fn failure(
         &self,
         error: &crate::proxy::ProxyError,
-        provider: Option<String>,
+        provider: Option<Arc<str>>,
         started: std::time::Instant,
     ) -> SpendRecord {
         let route = error.route.as_ref();
         SpendRecord {
-            deployment_id: route.map(|r| r.served.to_string()),
-            provider: provider.unwrap_or_else(|| "unknown".into()),
+            deployment_id: route.map(|r| r.served.clone()),
+            provider: provider.unwrap_or_else(unknown_provider),
             metadata: route.map(|r| route_metadata(r)).unwrap_or_else(|| "{}".into()),
-            status: "failure".into(),
+            status: "failure",
             http_status_code: i32::from(error.error.kind.status()),
-            error_type: Some(error.error.kind.openai_type().to_owned()),
+            error_type: Some(error.error.kind.openai_type()),
             ..self.base(started)
         }
     }
+}
+
+/// Provider of a record that never reached a deployment (SPEND-4 has nothing to go on).
+fn unknown_provider() -> Arc<str> {
+    static UNKNOWN: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("unknown"));
+    UNKNOWN.clone()
 }
 
 /// The route decision as stored in `spend_logs.metadata`.

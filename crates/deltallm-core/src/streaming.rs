@@ -54,7 +54,7 @@ impl State {
         u
     }
 
-    fn record(&mut self, status: &str, http_status: i32, error_type: Option<&str>) {
+    fn record(&mut self, status: &'static str, http_status: i32, error_type: Option<&'static str>) {
         let Some(spend) = self.spend.take() else {
             return;
         };
@@ -75,7 +75,7 @@ impl State {
         );
         if self.usage.get().is_none() && record.unpriced_reason.is_none() {
             // Say why a served stream costs 0 rather than record a silent zero.
-            record.unpriced_reason = Some("upstream stream reported no usage".to_owned());
+            record.unpriced_reason = Some("upstream stream reported no usage");
         }
         self.gateway.record_spend(record);
     }

@@ -237,6 +237,17 @@ impl Connection {
         &self.api_base
     }
 
+    /// [`Self::upstream_model`] as a shared string: per-request records
+    /// (spend) keep it without copying.
+    pub fn upstream_model_shared(&self) -> &Arc<str> {
+        &self.upstream_model
+    }
+
+    /// [`Self::api_base`] as a shared string.
+    pub fn api_base_shared(&self) -> &Arc<str> {
+        &self.api_base
+    }
+
     /// The RUN-3 provider string.
     pub fn provider(&self) -> &str {
         &self.provider

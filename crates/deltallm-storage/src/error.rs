@@ -41,3 +41,11 @@ pub(crate) fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
 pub(crate) fn is_fk_violation(err: &sea_orm::DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_)))
 }
+
+/// Driver errors of the few writes that bypass sea-orm, in sea-orm's shape,
+/// so callers see one error type and `sql_err()` still classifies them.
+impl From<sea_orm::sqlx::Error> for Error {
+    fn from(e: sea_orm::sqlx::Error) -> Self {
+        Error::Db(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e))))
+    }
+}

@@ -123,7 +123,7 @@ fn member_view(member: RouteGroupMember, registry: &Registry, now: UnixMs) -> Me
     let health = resolved.map(|d| d.state.snapshot(now));
     MemberView {
         model_name: resolved.map(|d| d.record.model_name.clone()),
-        provider: resolved.map(|d| d.provider.clone()),
+        provider: resolved.map(|d| d.provider.to_string()),
         healthy: resolved.is_some_and(|d| d.connection.is_some()) && health.as_ref().is_some_and(|h| h.healthy),
         health,
         member,
