@@ -344,6 +344,22 @@ on_both_backends!(replicas_on_one_database_see_each_others_writes, |url: String|
     b.stop().await;
 });
 
+on_both_backends!(a_create_here_and_a_delete_elsewhere_between_two_polls_is_not_missed, |url: String| async move {
+    // The database returns to the state this replica's poll last saw, but
+    // this replica's registry (rebuilt after its own create) has moved on.
+    let mut polling = test_settings();
+    polling.registry_poll_interval = Some(std::time::Duration::from_millis(300));
+    let a = TestApp::start(&url, polling).await;
+    let mut quiet = test_settings();
+    quiet.registry_poll_interval = None;
+    let b = TestApp::start(&url, quiet).await;
+    assert_eq!(a.post("/ui/api/models", &vllm_payload("http://127.0.0.1:9/v1")).await.0, 200);
+    assert_eq!(b.delete("/ui/api/models/vllm/llama-3-8b").await.0, 200);
+    assert!(lists_within(&a, 0, 2500).await, "replica a drops the deployment deleted on replica b");
+    a.stop().await;
+    b.stop().await;
+});
+
 /// Does `/v1/models` on `app` list `n` models within `ms` milliseconds?
 async fn lists_within(app: &TestApp, n: usize, ms: u64) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);

@@ -33,6 +33,9 @@ pub(crate) struct Inner {
     pub(crate) fallback_events: crate::health::FallbackEvents,
     /// `router_settings.route_groups`, served while the database has none.
     pub(crate) config_route_groups: RouteGroupSnapshot,
+    /// Database fingerprint read just before the current registry was built
+    /// (only kept while change polling is on).
+    pub(crate) built_fingerprint: arc_swap::ArcSwapOption<String>,
 }
 
 /// Turn config `model_list` entries into records, validated with the same
@@ -174,12 +177,12 @@ impl Gateway {
                 write_lock: tokio::sync::Mutex::new(()),
                 fallback_events,
                 config_route_groups: config_groups,
+                built_fingerprint: arc_swap::ArcSwapOption::empty(),
             }),
         };
         gateway.rebuild_registry().await?;
         if let Some(interval) = gateway.inner.settings.registry_poll_interval.filter(|d| !d.is_zero()) {
-            let first = gateway.inner.store.registry_fingerprint().await.ok();
-            spawn_registry_poll(Arc::downgrade(&gateway.inner), interval, first);
+            spawn_registry_poll(Arc::downgrade(&gateway.inner), interval);
         }
         if gateway.inner.settings.background_health_checks {
             crate::health::spawn_background_checks(
@@ -224,6 +227,10 @@ impl Gateway {
     /// snapshot. In-flight requests keep the snapshot they loaded.
     pub async fn rebuild_registry(&self) -> Result<(), deltallm_storage::Error> {
         let inner = &self.inner;
+        // Read before the data: a write landing after this read changes the
+        // fingerprint again, so the poll rebuilds once more rather than miss it.
+        let polling = inner.settings.registry_poll_interval.is_some_and(|d| !d.is_zero());
+        let fingerprint = if polling { inner.store.registry_fingerprint().await.ok() } else { None };
         let credentials = inner.store.all_credentials().await?;
         let from_config = || config_deployments(&inner.settings, &credentials).unwrap_or_default();
         let deployments = match inner.settings.deployment_source {
@@ -258,6 +265,7 @@ impl Gateway {
         );
         tracing::info!(targets = next.entries.len(), deployments = next.deployments.len(), "registry rebuilt");
         inner.registry.store(Arc::new(next));
+        inner.built_fingerprint.store(fingerprint.map(Arc::new));
         Ok(())
     }
 
@@ -286,10 +294,16 @@ impl Gateway {
 }
 
 /// CFG-6 change propagation between replicas: every `interval`, compare the
-/// database's registry fingerprint with the last one seen and rebuild when
-/// another replica (or process) wrote. Writes on this replica rebuild at
-/// once; the poll only costs one small aggregate query per table.
-fn spawn_registry_poll(inner: std::sync::Weak<Inner>, interval: std::time::Duration, mut last: Option<String>) {
+/// database's registry fingerprint with the one the current registry was
+/// built from and rebuild when another replica (or process) wrote. Writes on
+/// this replica rebuild at once; the poll only costs one small aggregate
+/// query per table.
+///
+/// Comparing with the last *polled* value instead would miss changes: a
+/// create here followed by a delete elsewhere between two polls leaves the
+/// database fingerprint where the poll last saw it, while this replica's
+/// registry (rebuilt after its own create) still holds the deployment.
+fn spawn_registry_poll(inner: std::sync::Weak<Inner>, interval: std::time::Duration) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -305,14 +319,11 @@ fn spawn_registry_poll(inner: std::sync::Weak<Inner>, interval: std::time::Durat
                     continue;
                 }
             };
-            if last.as_deref() == Some(now.as_str()) {
+            if gateway.inner.built_fingerprint.load().as_deref().map(String::as_str) == Some(now.as_str()) {
                 continue;
             }
             match gateway.reload().await {
-                Ok(()) => {
-                    tracing::info!("registry reloaded after a change made elsewhere");
-                    last = Some(now);
-                }
+                Ok(()) => tracing::info!("registry reloaded after a change made elsewhere"),
                 Err(e) => tracing::warn!(error = %e, "registry reload after a change made elsewhere failed"),
             }
         }
