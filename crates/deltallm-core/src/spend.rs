@@ -115,9 +115,7 @@ impl SpendContext {
     /// Start collecting for one request.
     pub fn new(call_type: &'static str, model: &str, stream: bool, tags: &[&str]) -> Self {
         Self {
-            // 128 random bits from the thread-local CSPRNG: unlike `Uuid::new_v4`
-            // this costs no `getrandom` system call per request.
-            request_id: format!("req_{:032x}", rand::random::<u128>()),
+            request_id: new_request_id(),
             call_type,
             model: Arc::from(model),
             stream,
@@ -220,28 +218,91 @@ fn unknown_provider() -> Arc<str> {
     UNKNOWN.clone()
 }
 
-/// The route decision as stored in `spend_logs.metadata`.
-#[derive(serde::Serialize)]
-struct RouteMetadata<'a> {
-    route_group: &'a str,
-    route_strategy: &'static str,
-    selected_deployment: &'a str,
-    served_deployment: &'a str,
-    fallback_used: bool,
-    attempts: u32,
-    route_policy_version: Option<u32>,
+/// The route decision as stored in `spend_logs.metadata`: written by hand
+/// into one right-sized string (it is built for every request; the serde
+/// serializer cost several times more for the same bytes).
+fn route_metadata(route: &crate::proxy::RouteDecision) -> String {
+    let mut out = String::with_capacity(192 + route.group.len() + route.selected.len() + route.served.len());
+    out.push_str("{\"route_group\":");
+    push_json_str(&mut out, &route.group);
+    out.push_str(",\"route_strategy\":");
+    push_json_str(&mut out, route.strategy.as_str());
+    out.push_str(",\"selected_deployment\":");
+    push_json_str(&mut out, &route.selected);
+    out.push_str(",\"served_deployment\":");
+    push_json_str(&mut out, &route.served);
+    out.push_str(if route.fallback_used { ",\"fallback_used\":true" } else { ",\"fallback_used\":false" });
+    out.push_str(",\"attempts\":");
+    out.push_str(itoa::Buffer::new().format(route.attempts));
+    out.push_str(",\"route_policy_version\":");
+    match route.policy_version {
+        Some(v) => out.push_str(itoa::Buffer::new().format(v)),
+        None => out.push_str("null"),
+    }
+    out.push('}');
+    out
 }
 
-fn route_metadata(route: &crate::proxy::RouteDecision) -> String {
-    // Serialized straight from a struct: no intermediate `serde_json::Value` map per request.
-    serde_json::to_string(&RouteMetadata {
-        route_group: &route.group,
-        route_strategy: route.strategy.as_str(),
-        selected_deployment: &route.selected,
-        served_deployment: &route.served,
-        fallback_used: route.fallback_used,
-        attempts: route.attempts,
-        route_policy_version: route.policy_version,
-    })
-    .unwrap_or_else(|_| "{}".into())
+/// `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::Value::from(s).to_string());
+    }
+}
+
+/// `req_` and 128 random bits in hex, from the thread-local CSPRNG (unlike
+/// `Uuid::new_v4`, no `getrandom` system call per request).
+fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    let mut id = String::with_capacity(36);
+    id.push_str("req_");
+    for i in (0..32).rev() {
+        id.push(char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]));
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::RouteDecision;
+    use deltallm_router::Strategy;
+
+    #[test]
+    fn route_metadata_is_the_json_of_the_decision() {
+        let mut route = RouteDecision {
+            group: "gpt \"4\"".into(),
+            strategy: Strategy::SimpleShuffle,
+            selected: "dep-a".into(),
+            served: "dep-b".into(),
+            fallback_used: true,
+            attempts: 2,
+            policy_version: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&route_metadata(&route)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "route_group": "gpt \"4\"", "route_strategy": "simple-shuffle", "selected_deployment": "dep-a",
+                "served_deployment": "dep-b", "fallback_used": true, "attempts": 2, "route_policy_version": null
+            })
+        );
+        route.policy_version = Some(7);
+        route.fallback_used = false;
+        let v: serde_json::Value = serde_json::from_str(&route_metadata(&route)).unwrap();
+        assert_eq!((v["route_policy_version"].as_u64(), v["fallback_used"].as_bool()), (Some(7), Some(false)));
+    }
+
+    #[test]
+    fn request_ids_are_36_hex_chars_and_differ() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert!(a.starts_with("req_") && a.len() == 36, "{a}");
+        assert!(a[4..].bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
+    }
 }

@@ -102,9 +102,13 @@ fn route_headers(headers: &mut HeaderMap, route: &RouteDecision, overhead_us: u1
     headers.insert(ROUTE_FALLBACK, HeaderValue::from_static(if route.fallback_used { "true" } else { "false" }));
     // Only route groups with a published policy have a version to report.
     if let Some(v) = route.policy_version {
-        put(headers, ROUTE_POLICY_VERSION, &v.to_string());
+        headers.insert(ROUTE_POLICY_VERSION, HeaderValue::from(v));
     }
-    put(headers, OVERHEAD, &overhead_us.to_string());
+    headers.insert(OVERHEAD, overhead_value(overhead_us));
+}
+
+fn overhead_value(us: u128) -> HeaderValue {
+    HeaderValue::from(u64::try_from(us).unwrap_or(u64::MAX))
 }
 
 fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response {
@@ -131,14 +135,19 @@ fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response {
                 }
             };
             route_headers(out.headers_mut(), &resp.route, resp.overhead.as_micros());
-            put(out.headers_mut(), REQUEST_ID, &resp.request_id);
+            // The id is moved into the header, not copied.
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(resp.request_id)) {
+                out.headers_mut().insert(REQUEST_ID, v);
+            }
             out
         }
         Err(e) => {
             let mut out = ProxyError(e.error).into_response();
             match &e.route {
                 Some(route) => route_headers(out.headers_mut(), route, e.overhead.as_micros()),
-                None => put(out.headers_mut(), OVERHEAD, &e.overhead.as_micros().to_string()),
+                None => {
+                    out.headers_mut().insert(OVERHEAD, overhead_value(e.overhead.as_micros()));
+                }
             }
             out
         }

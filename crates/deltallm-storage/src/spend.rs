@@ -159,7 +159,7 @@ fn literal(s: &'static str) -> Arc<str> {
 /// Binds one record's values in [`SPEND_COLUMNS`] order. A macro rather than
 /// a function because the two drivers' query types differ.
 macro_rules! bind_record {
-    ($query:expr, $r:expr) => {{
+    ($query:expr, $r:expr, $time:expr) => {{
         let r: SpendRecord = $r;
         $query
             .bind(r.request_id)
@@ -187,9 +187,53 @@ macro_rules! bind_record {
             .bind(r.error_type.map(literal))
             .bind(r.stream)
             .bind(r.latency_ms)
-            .bind(r.start_time)
-            .bind(r.end_time)
+            .bind($time(r.start_time))
+            .bind($time(r.end_time))
     }};
+}
+
+/// `t` exactly as the SQLite driver encodes a `DateTime<Utc>`
+/// (`to_rfc3339_opts(AutoSi, false)`), so stored rows read back and compare
+/// the same, written digit by digit: the formatting machinery cost more per
+/// record than the rest of the timestamp's way into the database.
+fn sqlite_timestamp(t: DateTime<Utc>) -> String {
+    use chrono::{Datelike, Timelike};
+    fn digits(out: &mut String, v: u32, width: u32) {
+        for i in (0..width).rev() {
+            out.push(char::from(b'0' + ((v / 10u32.pow(i)) % 10) as u8));
+        }
+    }
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        return t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+    }
+    let mut out = String::with_capacity(35);
+    digits(&mut out, year as u32, 4);
+    out.push('-');
+    digits(&mut out, t.month(), 2);
+    out.push('-');
+    digits(&mut out, t.day(), 2);
+    out.push('T');
+    digits(&mut out, t.hour(), 2);
+    out.push(':');
+    digits(&mut out, t.minute(), 2);
+    out.push(':');
+    // A leap second is carried in the nanoseconds (≥ 1e9); chrono prints it as second 60.
+    let nanos = t.nanosecond();
+    digits(&mut out, t.second() + nanos / 1_000_000_000, 2);
+    let frac = nanos % 1_000_000_000;
+    if frac != 0 {
+        out.push('.');
+        if frac.is_multiple_of(1_000_000) {
+            digits(&mut out, frac / 1_000_000, 3);
+        } else if frac.is_multiple_of(1_000) {
+            digits(&mut out, frac / 1_000, 6);
+        } else {
+            digits(&mut out, frac, 9);
+        }
+    }
+    out.push_str("+00:00");
+    out
 }
 
 /// `INSERT INTO spend_logs (...) VALUES (...), ...` for `rows` rows (one of
@@ -260,7 +304,7 @@ impl Store {
                 for chunk in chunks(records) {
                     let mut q = sqlx::query(insert_sql(false, chunk.len()));
                     for r in chunk {
-                        q = bind_record!(q, r);
+                        q = bind_record!(q, r, sqlite_timestamp);
                     }
                     q.execute(&mut *txn).await?;
                 }
@@ -271,7 +315,7 @@ impl Store {
                 for chunk in chunks(records) {
                     let mut q = sqlx::query(insert_sql(true, chunk.len()));
                     for r in chunk {
-                        q = bind_record!(q, r);
+                        q = bind_record!(q, r, std::convert::identity);
                     }
                     q.execute(&mut *txn).await?;
                 }
@@ -314,5 +358,22 @@ impl Store {
     /// Recent spend records, newest first (tests and the admin view).
     pub async fn recent_spend(&self, limit: u64) -> Result<Vec<row::Model>> {
         Ok(row::Entity::find().order_by_desc(row::Column::Id).limit(limit).all(&self.db).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn sqlite_timestamps_match_the_driver_encoding() {
+        let base = Utc.with_ymd_and_hms(2026, 3, 7, 4, 5, 9).unwrap();
+        for nanos in [0, 5_000_000, 120_000_000, 123_456_000, 7_000, 123_456_789, 1, 999_999_999] {
+            let t = base + chrono::Duration::nanoseconds(nanos);
+            assert_eq!(sqlite_timestamp(t), t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false), "{nanos}");
+        }
+        let now = Utc::now();
+        assert_eq!(sqlite_timestamp(now), now.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false));
     }
 }
