@@ -15,7 +15,8 @@
 # BENCH_TARGETS ("direct nginx gateway"; ratios need all three), BENCH_PORT_BASE (18800),
 # BENCH_LOADGEN_CPU (0), BENCH_PROXY_CPU (1), BENCH_SKIP_BUILD=1,
 # BENCH_OVERHEAD_SECONDS (3; 0 skips the x-deltallm-overhead-us sampling),
-# BENCH_KEEP_RUNDIR=1 (keep configs and gateway data), CARGO_TARGET_DIR,
+# BENCH_KEEP_RUNDIR=1 (keep configs and gateway data), BENCH_CALLGRIND=1 (instructions
+# per request under valgrind instead of timings: repeatable on a noisy machine), CARGO_TARGET_DIR,
 # BENCH_GATEWAY_BIN (use this binary instead of building one).
 set -euo pipefail
 
@@ -63,6 +64,10 @@ fi
 command -v wrk >/dev/null || apt_install wrk || die "cannot install wrk"
 command -v curl >/dev/null || apt_install curl || die "cannot install curl"
 command -v taskset >/dev/null || apt_install util-linux || die "cannot find taskset"
+CALLGRIND=${BENCH_CALLGRIND:-0}
+if [[ $CALLGRIND == 1 ]]; then
+  command -v valgrind >/dev/null || apt_install valgrind || die "cannot install valgrind"
+fi
 [[ $(nproc --all) -ge 2 ]] || log "warning: fewer than 2 CPUs; pinning cannot separate load generator and proxy"
 
 # ---------------------------------------------------------------- build ---
@@ -236,11 +241,18 @@ wait_http "http://127.0.0.1:$PROXY_PORT/" || die "nginx proxy did not start"
 # the same single core nginx's one worker gets.
 log "starting gateway on cpu $PROXY_CPU (:$GW_PORT)"
 mkdir -p "$RUN/gw-data"
+GW_WRAP=()
+[[ $CALLGRIND == 1 ]] && GW_WRAP=(valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out")
 env NO_COLOR=1 DELTALLM_HOST=127.0.0.1 DELTALLM_PORT="$GW_PORT" DELTALLM_DATA_DIR="$RUN/gw-data" \
-  taskset -c "$PROXY_CPU" "$GATEWAY_BIN" >"$OUT/gateway.log" 2>&1 &
+  taskset -c "$PROXY_CPU" "${GW_WRAP[@]}" "$GATEWAY_BIN" >"$OUT/gateway.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
-wait_http "http://127.0.0.1:$GW_PORT/health/liveliness" || die "gateway did not start (see $OUT/gateway.log)"
+started=0
+for _ in $(seq 6); do # up to ~60 s under valgrind
+  wait_http "http://127.0.0.1:$GW_PORT/health/liveliness" && { started=1; break; }
+  [[ $CALLGRIND == 1 ]] || break
+done
+((started)) || die "gateway did not start (see $OUT/gateway.log)"
 for _ in $(seq 100); do [[ -s $RUN/gw-data/master_key ]] && break; sleep 0.1; done
 KEY=$(tr -d '\n' <"$RUN/gw-data/master_key")
 [[ -n $KEY ]] || die "no master key in $RUN/gw-data/master_key"
@@ -285,6 +297,7 @@ for target in direct nginx gateway; do
 done
 log "smoke tests passed"
 
+
 # ------------------------------------------------------------- measuring ---
 CLK_TCK=$(getconf CLK_TCK)
 proc_pids() { # $1 = target → pids whose CPU counts
@@ -322,6 +335,42 @@ run_wrk() { # $1 = label, $2 = url, $3 = body file, $4 = conc, $5 = seconds, $6 
   BENCH_BODY_FILE=$3 BENCH_AUTH=$KEY BENCH_LABEL=$1 \
     timeout $(($5 + 30)) taskset -c "$LOADGEN_CPU" wrk -t1 -c"$4" -d"$5"s --timeout 5s -s "$6" "$2"
 }
+
+# ---------------------------------------------------- instruction counts ---
+# Under callgrind the gateway runs ~50x slower, so only the count per request
+# means anything: user-space instructions of all its threads (the SQLite
+# thread included), not kernel time. Counters are zeroed after a warm-up and
+# dumped after the spend writer's linger, so the window holds the requests'
+# own work. Same binary and inputs give the same figure within about 1 %.
+if [[ $CALLGRIND == 1 ]]; then
+  command -v callgrind_control >/dev/null || die "callgrind_control not found (valgrind)"
+  C=${BENCH_CALLGRIND_CONCURRENCY:-32}
+  {
+    echo "| mode | c | requests | instructions | instructions per request |"
+    echo "|---|---:|---:|---:|---:|"
+  } >"$OUT/instructions.md"
+  for mode in $MODES; do
+    label="gateway-$mode-c$C"
+    log "counting instructions for $label (${WARMUP}s warm-up + ${DURATION}s)"
+    run_wrk "$label-warmup" "$(url_of gateway "$mode")" "$RUN/body-$mode.json" "$C" "$WARMUP" "$HERE/wrk-post.lua" \
+      >"$OUT/$label-warmup.txt" 2>&1 || true
+    sleep 0.5
+    callgrind_control -z "$GW_PID" >/dev/null 2>&1
+    run_wrk "$label" "$(url_of gateway "$mode")" "$RUN/body-$mode.json" "$C" "$DURATION" "$HERE/wrk-post.lua" \
+      >"$OUT/$label.txt" 2>&1 || die "wrk failed for $label (see $OUT/$label.txt)"
+    sleep 0.5 # the spend writer flushes after 200 ms without new records
+    callgrind_control -d "$GW_PID" >/dev/null 2>&1
+    dump=$(ls -t "$OUT"/callgrind.out.* | head -n1)
+    ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+    reqs=$(grep '^RESULT ' "$OUT/$label.txt" | tr ' ' '\n' | awk -F= '$1 == "requests" {print $2}')
+    [[ -n $ir && ${reqs:-0} -gt 0 ]] || die "no instruction count or requests for $label"
+    mv "$dump" "$OUT/callgrind-$label.out"
+    printf '| %s | %s | %s | %s | %s |\n' "$mode" "$C" "$reqs" "$ir" "$((ir / reqs))" >>"$OUT/instructions.md"
+  done
+  cat "$OUT/instructions.md"
+  log "raw results: $OUT (callgrind_annotate --inclusive=yes $OUT/callgrind-<label>.out for a profile)"
+  exit 0
+fi
 
 # Background load: other processes on the machine skew every figure.
 read -r bl0 blt0 < <(core_busy "$LOADGEN_CPU")
