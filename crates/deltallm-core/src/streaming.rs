@@ -23,6 +23,8 @@ const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// Largest body frame built from events that arrived together.
 const COALESCE_LIMIT: usize = 64 * 1024;
+/// Initial size of one body frame's buffer: a handful of typical chunk events.
+const FRAME_BUFFER: usize = 2 * 1024;
 
 fn put_frame(out: &mut BytesMut, payload: &[u8]) {
     out.reserve(payload.len() + 8);
@@ -154,7 +156,8 @@ pub(crate) fn framed(
     let state = State { gateway, first: Some(first), upstream, usage, deployment, spend: Some(spend), route, started };
     futures_util::stream::unfold(Some(state), move |state| async move {
         let mut state = state?;
-        let mut out = BytesMut::new();
+        // Sized for a few events: growing from empty reallocated per frame.
+        let mut out = BytesMut::with_capacity(FRAME_BUFFER);
         let first = match state.first.take() {
             Some(first) => Some(Ok(first)),
             None => state.upstream.next().await,

@@ -36,7 +36,7 @@ impl LineSplitter {
 
     /// The next complete line without its terminator.
     pub(crate) fn next_line(&mut self) -> Option<Bytes> {
-        match self.chunk.iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', &self.chunk) {
             Some(i) => {
                 let piece = self.chunk.split_to(i + 1);
                 let line = if self.partial.is_empty() {

