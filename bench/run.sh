@@ -327,8 +327,8 @@ reset_peak() { # make VmHWM per run (Linux ≥ 4.0); harmless if unsupported
   local p
   for p in "$@"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done
 }
-core_busy() { # "busy total" jiffies for cpu $1
-  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+core_busy() { # "busy total steal" jiffies for cpu $1; busy excludes time the hypervisor stole
+  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6 - $9, t, $9 }' /proc/stat
 }
 
 run_wrk() { # $1 = label, $2 = url, $3 = body file, $4 = conc, $5 = seconds, $6 = script
@@ -373,11 +373,11 @@ if [[ $CALLGRIND == 1 ]]; then
 fi
 
 # Background load: other processes on the machine skew every figure.
-read -r bl0 blt0 < <(core_busy "$LOADGEN_CPU")
-read -r bp0 bpt0 < <(core_busy "$PROXY_CPU")
+read -r bl0 blt0 _ < <(core_busy "$LOADGEN_CPU")
+read -r bp0 bpt0 _ < <(core_busy "$PROXY_CPU")
 sleep 2
-read -r bl1 blt1 < <(core_busy "$LOADGEN_CPU")
-read -r bp1 bpt1 < <(core_busy "$PROXY_CPU")
+read -r bl1 blt1 _ < <(core_busy "$LOADGEN_CPU")
+read -r bp1 bpt1 _ < <(core_busy "$PROXY_CPU")
 BG_LOAD="cpu$LOADGEN_CPU $((100 * (bl1 - bl0) / (blt1 - blt0 + 1)))%, cpu$PROXY_CPU $((100 * (bp1 - bp0) / (bpt1 - bpt0 + 1)))% busy while idle; loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
 log "background load before measuring: $BG_LOAD"
 if (((bl1 - bl0) * 100 > 10 * (blt1 - blt0 + 1) || (bp1 - bp0) * 100 > 10 * (bpt1 - bpt0 + 1))); then
@@ -385,8 +385,8 @@ if (((bl1 - bl0) * 100 > 10 * (blt1 - blt0 + 1) || (bp1 - bp0) * 100 > 10 * (bpt
 fi
 
 RAW=$OUT/raw.tsv
-printf 'target\tmode\tc\trequests\tduration_us\terrors\trps\tmean_us\tp50_us\tp90_us\tp99_us\tp999_us\tcpu_us_per_req\tpeak_rss_kib\tcore%s_busy_pct\tcore%s_busy_pct\n' \
-  "$LOADGEN_CPU" "$PROXY_CPU" >"$RAW"
+printf 'target\tmode\tc\trequests\tduration_us\terrors\trps\tmean_us\tp50_us\tp90_us\tp99_us\tp999_us\tcpu_us_per_req\tpeak_rss_kib\tcore%s_busy_pct\tcore%s_busy_pct\tcore%s_steal_pct\tcore%s_steal_pct\n' \
+  "$LOADGEN_CPU" "$PROXY_CPU" "$LOADGEN_CPU" "$PROXY_CPU" >"$RAW"
 
 measure() { # $1 = target, $2 = mode, $3 = concurrency
   local target=$1 mode=$2 c=$3 label="$1-$2-c$3" url body pids
@@ -400,28 +400,30 @@ measure() { # $1 = target, $2 = mode, $3 = concurrency
   local t0 t1 l0 l1 p0 p1 peak=0
   ((${#pids[@]})) && reset_peak "${pids[@]}"
   t0=$( ((${#pids[@]})) && cpu_ticks "${pids[@]}" || echo 0)
-  read -r l0 lt0 < <(core_busy "$LOADGEN_CPU")
-  read -r p0 pt0 < <(core_busy "$PROXY_CPU")
+  local ls0 ls1 ps0 ps1
+  read -r l0 lt0 ls0 < <(core_busy "$LOADGEN_CPU")
+  read -r p0 pt0 ps0 < <(core_busy "$PROXY_CPU")
   run_wrk "$label" "$url" "$body" "$c" "$DURATION" "$HERE/wrk-post.lua" >"$OUT/$label.txt" 2>&1 ||
     die "wrk failed for $label (see $OUT/$label.txt)"
   t1=$( ((${#pids[@]})) && cpu_ticks "${pids[@]}" || echo 0)
-  read -r l1 lt1 < <(core_busy "$LOADGEN_CPU")
-  read -r p1 pt1 < <(core_busy "$PROXY_CPU")
+  read -r l1 lt1 ls1 < <(core_busy "$LOADGEN_CPU")
+  read -r p1 pt1 ps1 < <(core_busy "$PROXY_CPU")
   ((${#pids[@]})) && peak=$(peak_kib "${pids[@]}")
   local line
   line=$(grep '^RESULT ' "$OUT/$label.txt") || die "no result line for $label"
   awk -v line="$line" -v target="$target" -v mode="$mode" -v c="$c" -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" \
     -v haspids="${#pids[@]}" -v peak="$peak" \
-    -v lb=$((l1 - l0)) -v lt=$((lt1 - lt0)) -v pb=$((p1 - p0)) -v pt=$((pt1 - pt0)) 'BEGIN {
+    -v lb=$((l1 - l0)) -v lt=$((lt1 - lt0)) -v pb=$((p1 - p0)) -v pt=$((pt1 - pt0)) \
+    -v lst=$((ls1 - ls0)) -v pst=$((ps1 - ps0)) 'BEGIN {
       n = split(line, kv, " ");
       for (i = 2; i <= n; i++) { split(kv[i], a, "="); r[a[1]] = a[2] }
       err = r["connect_err"] + r["read_err"] + r["write_err"] + r["status_err"] + r["timeout_err"];
       rps = r["requests"] / (r["duration_us"] / 1e6);
       cpu = (haspids > 0 && r["requests"] > 0) ? sprintf("%.1f", ticks * 1e6 / hz / r["requests"]) : "-";
       pk = (haspids > 0) ? peak : "-";
-      printf "%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%.0f\n", target, mode, c,
+      printf "%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\n", target, mode, c,
         r["requests"], r["duration_us"], err, rps, r["mean_us"], r["p50_us"], r["p90_us"], r["p99_us"], r["p999_us"],
-        cpu, pk, (lt ? 100 * lb / lt : 0), (pt ? 100 * pb / pt : 0)
+        cpu, pk, (lt ? 100 * lb / lt : 0), (pt ? 100 * pb / pt : 0), (lt ? 100 * lst / lt : 0), (pt ? 100 * pst / pt : 0)
     }' >>"$RAW"
   if [[ $(tail -n1 "$RAW" | cut -f6) != 0 ]]; then
     log "warning: $label had errors or non-2xx responses (see $OUT/$label.txt)"
@@ -473,12 +475,12 @@ REPORT=$OUT/report.md
     function ms(us) { return sprintf("%.3f", us / 1000) }
     function mib(k) { return k == "-" ? "-" : sprintf("%.1f", k / 1024) }
     END {
-      print "| target | mode | c | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors | cpu" lc " busy | cpu" pc " busy |";
-      print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+      print "| target | mode | c | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors | cpu" lc " busy | cpu" pc " busy | cpu" pc " stolen |";
+      print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
       for (i = 1; i <= n; i++) {
         split(rows[i], f, "\t");
-        printf "| %s | %s | %s | %d | %s | %s | %s | %s | %d | %d%% | %d%% |\n",
-          f[1], f[2], f[3], f[7], ms(f[9]), ms(f[11]), f[13], mib(f[14]), f[6], f[15], f[16]
+        printf "| %s | %s | %s | %d | %s | %s | %s | %s | %d | %d%% | %d%% | %d%% |\n",
+          f[1], f[2], f[3], f[7], ms(f[9]), ms(f[11]), f[13], mib(f[14]), f[6], f[15], f[16], f[18]
       }
     }' "$RAW"
   echo
