@@ -133,12 +133,16 @@ impl OpenAiSse {
 }
 
 /// Is this chunk the usage-only one (`"choices": []`)?
+/// Only asked of chunks whose usage already parsed, so a top-level scan is
+/// enough: absent, `null` and `[]` all mean no choices.
 fn has_no_choices(payload: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Choices {
-        choices: Option<Vec<serde::de::IgnoredAny>>,
+    let Some(value) = usage::top_level_value(payload, b"choices") else {
+        return true;
+    };
+    if value.starts_with(b"null") {
+        return true;
     }
-    serde_json::from_slice::<Choices>(payload).is_ok_and(|c| c.choices.is_none_or(|c| c.is_empty()))
+    value.strip_prefix(b"[").is_some_and(|rest| rest.trim_ascii_start().starts_with(b"]"))
 }
 
 impl Translate for OpenAiSse {
@@ -330,6 +334,17 @@ impl<T: Translate> State<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_only_chunks_are_told_apart_from_content_chunks() {
+        assert!(has_no_choices(br#"{"id":"c","choices":[],"usage":{"prompt_tokens":1}}"#));
+        assert!(has_no_choices(br#"{"id":"c","choices": [ ],"usage":{}}"#));
+        assert!(has_no_choices(br#"{"id":"c","choices":null,"usage":{}}"#));
+        assert!(has_no_choices(br#"{"id":"c","usage":{}}"#));
+        assert!(!has_no_choices(br#"{"choices":[{"index":0,"delta":{"content":"[]"}}],"usage":{}}"#));
+        // A nested "choices" key does not count as the top-level one.
+        assert!(!has_no_choices(br#"{"x":{"choices":[]},"choices":[{"index":0}],"usage":{}}"#));
+    }
 
     fn lines(splitter: &mut LineSplitter) -> Vec<String> {
         std::iter::from_fn(|| splitter.next_line()).map(|l| String::from_utf8(l.to_vec()).unwrap()).collect()

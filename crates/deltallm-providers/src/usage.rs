@@ -73,7 +73,7 @@ pub(crate) fn from_body(body: &[u8]) -> Option<Usage> {
 /// `body` to the end of the body, or `None` without such a member.
 /// Nested objects with the same key and string values equal to it are
 /// skipped: a key is a string at depth 1 followed by `:`.
-fn top_level_value<'a>(body: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+pub(crate) fn top_level_value<'a>(body: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     let skip_ws = |mut i: usize| {
         while body.get(i).is_some_and(u8::is_ascii_whitespace) {
             i += 1;
@@ -119,9 +119,11 @@ fn top_level_value<'a>(body: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
 
 /// Cheap pre-check so stream chunks without usage are never parsed.
 pub(crate) fn mentions_usage(payload: &[u8]) -> bool {
-    // Runs on every chunk of every stream: a vectorized substring search,
-    // not a byte-by-byte window compare (about a tenth of the cost).
-    memchr::memmem::find(payload, b"\"usage\"").is_some()
+    // Runs on every chunk of every stream: a vectorized substring search with
+    // its searcher built once, not a byte-by-byte window compare.
+    static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+    USAGE_KEY.find(payload).is_some()
 }
 
 #[cfg(test)]
