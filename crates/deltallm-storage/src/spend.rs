@@ -236,6 +236,22 @@ fn sqlite_timestamp(t: DateTime<Utc>) -> String {
     out
 }
 
+/// Inserts `records` in [`ROW_CHUNKS`]-sized statements inside the driver
+/// transaction `txn`, then commits. `$time` encodes a timestamp for the driver.
+macro_rules! insert_in {
+    ($txn:expr, $records:expr, $postgres:expr, $time:expr) => {{
+        let mut txn = $txn;
+        for chunk in chunks($records) {
+            let mut q = sea_orm::sqlx::query(insert_sql($postgres, chunk.len()));
+            for r in chunk {
+                q = bind_record!(q, r, $time);
+            }
+            q.execute(&mut *txn).await?;
+        }
+        txn.commit().await?;
+    }};
+}
+
 /// `INSERT INTO spend_logs (...) VALUES (...), ...` for `rows` rows (one of
 /// [`ROW_CHUNKS`]), with the backend's placeholders. Built once and kept.
 fn insert_sql(postgres: bool, rows: usize) -> &'static str {
@@ -293,33 +309,18 @@ impl Store {
     /// on SQLite fetching ids streams one row per record back from the
     /// database thread.
     pub async fn insert_spend(&self, records: Vec<SpendRecord>) -> Result<()> {
-        use sea_orm::sqlx;
         if records.is_empty() {
             return Ok(());
         }
         match self.db.get_database_backend() {
             DbBackend::Sqlite => {
                 // IMMEDIATE: take the write lock at BEGIN, where the busy timeout applies.
-                let mut txn = self.db.get_sqlite_connection_pool().begin_with("BEGIN IMMEDIATE").await?;
-                for chunk in chunks(records) {
-                    let mut q = sqlx::query(insert_sql(false, chunk.len()));
-                    for r in chunk {
-                        q = bind_record!(q, r, sqlite_timestamp);
-                    }
-                    q.execute(&mut *txn).await?;
-                }
-                txn.commit().await?;
+                let txn = self.db.get_sqlite_connection_pool().begin_with("BEGIN IMMEDIATE").await?;
+                insert_in!(txn, records, false, sqlite_timestamp);
             }
             DbBackend::Postgres => {
-                let mut txn = self.db.get_postgres_connection_pool().begin().await?;
-                for chunk in chunks(records) {
-                    let mut q = sqlx::query(insert_sql(true, chunk.len()));
-                    for r in chunk {
-                        q = bind_record!(q, r, std::convert::identity);
-                    }
-                    q.execute(&mut *txn).await?;
-                }
-                txn.commit().await?;
+                let txn = self.db.get_postgres_connection_pool().begin().await?;
+                insert_in!(txn, records, true, std::convert::identity);
             }
             other => return Err(sea_orm::DbErr::Custom(format!("spend logs are not supported on {other:?}")).into()),
         }
