@@ -580,3 +580,35 @@ on_both_backends!(a_large_spend_batch_is_written_whole_and_exact, |url: String| 
     assert!((even.spend - 25.5).abs() < 1e-9);
     app.stop().await;
 });
+
+on_both_backends!(spend_lands_shortly_after_a_request_without_a_flush, |url: String| async move {
+    // Nothing asks the writer to flush: the batch's linger alone writes it.
+    let app = TestApp::start(&url, test_settings()).await;
+    for _ in 0..3 {
+        assert_eq!(chat(&app, json!({"model": "nobody", "messages": []})).await.status(), 404);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut written = 0;
+    while std::time::Instant::now() < deadline {
+        written = app.gateway.store().recent_spend(10).await.unwrap().len();
+        if written == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(written, 3, "three refused requests, three spend rows within the linger");
+    app.stop().await;
+});
+
+on_both_backends!(a_steady_trickle_of_requests_does_not_hold_spend_back, |url: String| async move {
+    // One request every 100 ms never leaves the writer idle for its 200 ms
+    // linger; the linger still counts from the batch's first record.
+    let app = TestApp::start(&url, test_settings()).await;
+    for _ in 0..6 {
+        assert_eq!(chat(&app, json!({"model": "nobody", "messages": []})).await.status(), 404);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let written = app.gateway.store().recent_spend(10).await.unwrap().len();
+    assert!(written >= 1, "spend rows written while requests keep coming, got {written}");
+    app.stop().await;
+});

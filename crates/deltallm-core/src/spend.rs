@@ -66,36 +66,50 @@ async fn write(store: &Store, batch: &mut Vec<SpendRecord>) {
     }
 }
 
+/// Drains the queue in batches. Everything already queued is taken in one
+/// wake-up (`recv_many`), and a batch's linger is one deadline set when its
+/// first record arrives, not a fresh timer per record.
 async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut inbox = Vec::with_capacity(BATCH);
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
-        let msg = if batch.is_empty() {
-            rx.recv().await
-        } else {
-            match tokio::time::timeout(LINGER, rx.recv()).await {
-                Ok(m) => m,
+        let room = BATCH.saturating_sub(batch.len()).max(1);
+        let received = match deadline {
+            None => rx.recv_many(&mut inbox, room).await,
+            Some(at) => match tokio::time::timeout_at(at, rx.recv_many(&mut inbox, room)).await {
+                Ok(n) => n,
                 Err(_) => {
                     write(&store, &mut batch).await;
+                    deadline = None;
                     continue;
                 }
-            }
+            },
         };
-        match msg {
-            Some(Msg::Record(r)) => {
-                batch.push(*r);
-                if batch.len() >= BATCH {
+        if received == 0 {
+            // Every sender is gone: the gateway is shutting down.
+            write(&store, &mut batch).await;
+            return;
+        }
+        for msg in inbox.drain(..) {
+            match msg {
+                Msg::Record(r) => {
+                    batch.push(*r);
+                    if batch.len() >= BATCH {
+                        write(&store, &mut batch).await;
+                    }
+                }
+                Msg::Flush(done) => {
                     write(&store, &mut batch).await;
+                    let _ = done.send(());
                 }
             }
-            Some(Msg::Flush(done)) => {
-                write(&store, &mut batch).await;
-                let _ = done.send(());
-            }
-            None => {
-                write(&store, &mut batch).await;
-                return;
-            }
         }
+        deadline = match (batch.is_empty(), deadline) {
+            (true, _) => None,
+            (false, Some(at)) => Some(at),
+            (false, None) => Some(tokio::time::Instant::now() + LINGER),
+        };
     }
 }
 
