@@ -97,19 +97,21 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
                     batch.push(*r);
                     if batch.len() >= BATCH {
                         write(&store, &mut batch).await;
+                        deadline = None;
                     }
                 }
                 Msg::Flush(done) => {
                     write(&store, &mut batch).await;
+                    deadline = None;
                     let _ = done.send(());
                 }
             }
         }
-        deadline = match (batch.is_empty(), deadline) {
-            (true, _) => None,
-            (false, Some(at)) => Some(at),
-            (false, None) => Some(tokio::time::Instant::now() + LINGER),
-        };
+        if batch.is_empty() {
+            deadline = None;
+        } else if deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + LINGER);
+        }
     }
 }
 
