@@ -181,7 +181,7 @@ impl Gateway {
             }),
         };
         gateway.rebuild_registry().await?;
-        if let Some(interval) = gateway.inner.settings.registry_poll_interval.filter(|d| !d.is_zero()) {
+        if let Some(interval) = gateway.inner.settings.registry_polling() {
             spawn_registry_poll(Arc::downgrade(&gateway.inner), interval);
         }
         if gateway.inner.settings.background_health_checks {
@@ -229,8 +229,10 @@ impl Gateway {
         let inner = &self.inner;
         // Read before the data: a write landing after this read changes the
         // fingerprint again, so the poll rebuilds once more rather than miss it.
-        let polling = inner.settings.registry_poll_interval.is_some_and(|d| !d.is_zero());
-        let fingerprint = if polling { inner.store.registry_fingerprint().await.ok() } else { None };
+        let fingerprint = match inner.settings.registry_polling() {
+            Some(_) => inner.store.registry_fingerprint().await.ok(),
+            None => None,
+        };
         let credentials = inner.store.all_credentials().await?;
         let from_config = || config_deployments(&inner.settings, &credentials).unwrap_or_default();
         let deployments = match inner.settings.deployment_source {

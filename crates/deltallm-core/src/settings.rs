@@ -103,6 +103,13 @@ impl fmt::Debug for SecretRefs {
     }
 }
 
+impl GatewaySettings {
+    /// The change-poll interval when polling is on (`None` and zero mean off).
+    pub fn registry_polling(&self) -> Option<Duration> {
+        self.registry_poll_interval.filter(|d| !d.is_zero())
+    }
+}
+
 impl Default for GatewaySettings {
     fn default() -> Self {
         Self {

@@ -273,13 +273,12 @@ fn push_json_str(out: &mut String, s: &str) {
 /// `req_` and 128 random bits in hex, from the thread-local CSPRNG (unlike
 /// `Uuid::new_v4`, no `getrandom` system call per request).
 fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = rand::random::<u128>();
+    let mut hex = [0u8; 32];
+    // 16 bytes always fit 32 hex digits, so this cannot fail.
+    let _ = hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut hex);
     let mut id = String::with_capacity(36);
     id.push_str("req_");
-    for i in (0..32).rev() {
-        id.push(char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]));
-    }
+    id.push_str(std::str::from_utf8(&hex).unwrap_or_default());
     id
 }
 
