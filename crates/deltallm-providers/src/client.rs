@@ -3,17 +3,14 @@
 //! deadline, and map the outcome to a [`Reply`] or a classified [`Error`].
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use deltallm_domain::provider::WireFamily;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use http::HeaderValue;
-use http::header::{CONTENT_TYPE, USER_AGENT};
-use http_body_util::{BodyDataStream, BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::header::CONTENT_TYPE;
 use reqwest::multipart::{Form, Part};
 
 use crate::anthropic::{self, AnthropicSse};
@@ -21,6 +18,7 @@ use crate::body::RequestBody;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::operation::Operation;
+use crate::plain_http;
 use crate::sse::{ChatStream, OpenAiSse};
 use crate::usage::{self, Usage};
 use crate::{gemini, openai};
@@ -35,6 +33,8 @@ pub struct HttpSettings {
     pub read_timeout: Duration,
     /// Idle pooled connections kept per upstream host.
     pub pool_max_idle_per_host: usize,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
     /// Call `http://` upstreams with the direct client (see [`Providers`]);
     /// `false` sends everything through reqwest.
     pub direct_plain_http: bool,
@@ -46,32 +46,29 @@ impl Default for HttpSettings {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(300),
             pool_max_idle_per_host: 256,
+            pool_idle_timeout: Duration::from_secs(90),
             direct_plain_http: true,
         }
     }
 }
 
 /// `User-Agent` of every upstream call, whichever client sends it.
-const USER_AGENT_VALUE: &str = concat!("deltallm/", env!("CARGO_PKG_VERSION"));
-
-/// The client for plain-HTTP upstreams (see [`Providers`]).
-type PlainClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+pub(crate) const USER_AGENT_VALUE: &str = concat!("deltallm/", env!("CARGO_PKG_VERSION"));
 
 /// The provider adapters over shared connection pools. Cheap to clone.
 ///
 /// Chat, completions and other JSON calls to `http://` upstreams (vLLM,
-/// Ollama, LM Studio and other self-hosted servers) go through hyper-util's
-/// pooled client directly: reqwest's per-request layers (URL to URI
-/// conversion, redirect and timeout wrappers, boxed futures) were about a
-/// fifth of the gateway's CPU per request under load (docs/benchmarks.md).
-/// HTTPS, multipart and health probes use reqwest (TLS, system proxies). When
-/// an HTTP proxy is configured in the environment, plain HTTP goes through
-/// reqwest too, so it keeps honouring the proxy.
+/// Ollama, LM Studio and other self-hosted servers) go through the direct
+/// HTTP/1.1 client of `plain_http.rs`, which runs the exchange inside the
+/// request's task (see there for why). HTTPS, multipart and health probes use
+/// reqwest (TLS, system proxies). When an HTTP proxy is configured in the
+/// environment, plain HTTP goes through reqwest too, so it keeps honouring
+/// the proxy.
 #[derive(Debug, Clone)]
 pub struct Providers {
     client: reqwest::Client,
-    /// `None` when `HTTP_PROXY`/`ALL_PROXY` is set.
-    plain: Option<PlainClient>,
+    /// The direct client's settings; `None` when `HTTP_PROXY`/`ALL_PROXY` is set.
+    plain: Option<plain_http::Settings>,
     read_timeout: Duration,
 }
 
@@ -149,6 +146,7 @@ impl Providers {
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .pool_idle_timeout(settings.pool_idle_timeout)
             // Provider APIs do not redirect; following one would send the
             // provider key (custom headers are not stripped) to another host.
             .redirect(reqwest::redirect::Policy::none())
@@ -158,14 +156,10 @@ impl Providers {
         let proxied = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
             .iter()
             .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
-        let plain = (settings.direct_plain_http && !proxied).then(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(settings.connect_timeout));
-            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-                .pool_timer(TokioTimer::new())
-                .build(connector)
+        let plain = (settings.direct_plain_http && !proxied).then_some(plain_http::Settings {
+            connect_timeout: settings.connect_timeout,
+            max_idle: settings.pool_max_idle_per_host,
+            idle_timeout: settings.pool_idle_timeout,
         });
         Ok(Self { client, plain, read_timeout: settings.read_timeout })
     }
@@ -192,13 +186,13 @@ impl Providers {
         let stream = body.stream() && op.is_chat_family();
         let (wire, payload) = prepare(conn, op, body, stream)?;
         let url = conn.url(op).ok_or_else(|| unsupported(conn, op))?;
-        let (content_type, bytes) = match (&self.plain, conn.plain_uri(op)) {
-            (Some(plain), Some(uri)) => {
-                let request = plain_request(conn, uri, payload)?;
+        let (content_type, bytes) = match (self.plain, conn.plain_target(op)) {
+            (Some(plain), Some(target)) => {
+                conn.require_key()?;
                 if stream {
-                    return self.plain_stream(plain, conn, request, wire, deadline).await;
+                    return self.plain_stream(plain, conn, target, &payload, wire, deadline).await;
                 }
-                self.plain_unary(plain, conn, request, deadline).await?
+                self.plain_unary(plain, conn, target, &payload, deadline).await?
             }
             _ => {
                 let request = conn
@@ -328,19 +322,21 @@ impl Providers {
     /// [`Providers::unary`] on the direct plain-HTTP client.
     async fn plain_unary(
         &self,
-        plain: &PlainClient,
+        plain: plain_http::Settings,
         conn: &Connection,
-        request: http::Request<Full<Bytes>>,
+        (target, pool): (&plain_http::Target, &Arc<plain_http::Pool>),
+        payload: &[u8],
         deadline: Option<Duration>,
     ) -> Result<(String, Bytes)> {
         let (limit, what) = self.timer_for(conn, deadline);
         with_timer(limit, what, async move {
-            let (parts, body) = plain.request(request).await.map_err(|e| plain_error(&e))?.into_parts();
-            let bytes = body.collect().await.map_err(|e| plain_error(&e))?.to_bytes();
-            if !parts.status.is_success() {
-                return Err(Error::from_response(parts.status.as_u16(), &parts.headers, &bytes));
+            let response = plain_http::post(plain, pool, target, payload).await?;
+            let bytes = response.body.collect().await?;
+            if !(200..300).contains(&response.status) {
+                let headers = response.headers.unwrap_or_default();
+                return Err(Error::from_response(response.status, &headers, &bytes));
             }
-            Ok((content_type_of(&parts.headers), bytes))
+            Ok((response.content_type.unwrap_or_else(|| OCTET_STREAM.to_owned()), bytes))
         })
         .await
     }
@@ -348,24 +344,24 @@ impl Providers {
     /// [`Providers::stream`] on the direct plain-HTTP client.
     async fn plain_stream(
         &self,
-        plain: &PlainClient,
+        plain: plain_http::Settings,
         conn: &Connection,
-        request: http::Request<Full<Bytes>>,
+        (target, pool): (&plain_http::Target, &Arc<plain_http::Pool>),
+        payload: &[u8],
         wire: Wire,
         deadline: Option<Duration>,
     ) -> Result<Reply> {
         let response = with_deadline(deadline, async move {
-            let response = plain.request(request).await.map_err(|e| plain_error(&e))?;
-            if !response.status().is_success() {
-                let (parts, body) = response.into_parts();
-                let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                return Err(Error::from_response(parts.status.as_u16(), &parts.headers, &bytes));
+            let response = plain_http::post(plain, pool, target, payload).await?;
+            if !(200..300).contains(&response.status) {
+                let headers = response.headers.unwrap_or_default();
+                let bytes = response.body.collect().await.unwrap_or_default();
+                return Err(Error::from_response(response.status, &headers, &bytes));
             }
             Ok(response)
         })
         .await?;
-        let body = BodyDataStream::new(response.into_body()).map(|r| r.map_err(|e| plain_error(&e))).boxed();
-        Ok(Reply::Stream(self.chat_stream(conn, body, wire)))
+        Ok(Reply::Stream(self.chat_stream(conn, response.body.into_stream(), wire)))
     }
 
     /// One timer per attempt: the read timeout and the attempt deadline both
@@ -409,33 +405,11 @@ impl Providers {
     }
 }
 
-/// A JSON `POST` for the direct plain-HTTP client.
-fn plain_request(conn: &Connection, uri: &http::Uri, payload: Vec<u8>) -> Result<http::Request<Full<Bytes>>> {
-    let mut request = http::Request::new(Full::new(Bytes::from(payload)));
-    *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = uri.clone();
-    let headers = request.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-    conn.auth_headers(headers)?;
-    Ok(request)
-}
-
-/// A transport failure of the direct client, with its causes (never a URL
-/// with secrets: plain-HTTP URLs carry none, keys travel in headers).
-fn plain_error(e: &(dyn std::error::Error + 'static)) -> Error {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    Error::transport(format!("upstream request failed: {message}"))
-}
+/// Content type assumed when the upstream sends none.
+const OCTET_STREAM: &str = "application/octet-stream";
 
 fn content_type_of(headers: &http::HeaderMap) -> String {
-    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/octet-stream").to_owned()
+    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or(OCTET_STREAM).to_owned()
 }
 
 /// Pick the wire translation and build the upstream body.

@@ -11,6 +11,7 @@ use deltallm_domain::SecretString;
 use deltallm_domain::params::str_field;
 use deltallm_domain::provider::{self, WireFamily};
 use deltallm_domain::{Error as DomainError, auth_header};
+use http::header::{CONTENT_TYPE, USER_AGENT};
 use http::{HeaderName, HeaderValue};
 use reqwest::Url;
 use serde_json::value::RawValue;
@@ -19,6 +20,7 @@ use serde_json::{Map, Value};
 use crate::body::RequestBody;
 use crate::error::{Error, Result};
 use crate::operation::Operation;
+use crate::plain_http::{Pool, Target};
 
 /// Anthropic API version sent when the deployment sets none (RUN-18).
 pub(crate) const ANTHROPIC_DEFAULT_VERSION: &str = "2023-06-01";
@@ -51,9 +53,11 @@ pub struct Connection {
     /// Endpoint URL per [`Operation`] index; `None` where the wire family has
     /// no such endpoint.
     urls: Arc<[Option<Url>; 7]>,
-    /// The same endpoints as `http::Uri`s when the upstream speaks plain
-    /// HTTP, parsed once here for the direct client (see `client.rs`).
-    plain_uris: Arc<[Option<http::Uri>; 7]>,
+    /// The same endpoints as request heads for the direct plain-HTTP
+    /// client (see `plain_http.rs`), when the upstream speaks plain HTTP.
+    plain_targets: Arc<[Option<Target>; 7]>,
+    /// That client's idle connections to this deployment.
+    plain_pool: Arc<Pool>,
     models_url: Option<Url>,
     auth: Auth,
     /// Fixed headers besides auth (anthropic-version).
@@ -193,6 +197,15 @@ impl Connection {
             .map(SecretString::new)
             .collect();
 
+        let content_type = HeaderValue::from_static("application/json");
+        let user_agent = HeaderValue::from_static(crate::client::USER_AGENT_VALUE);
+        let mut head_headers = vec![(&CONTENT_TYPE, &content_type), (&USER_AGENT, &user_agent)];
+        if let Auth::Header(name, value) = &auth {
+            head_headers.push((name, value));
+        }
+        head_headers.extend(extra_headers.iter().map(|(name, value)| (name, value)));
+        let plain_targets = std::array::from_fn(|i| urls[i].as_ref().and_then(|u| Target::post(u, &head_headers)));
+
         Ok(Connection {
             provider: provider_name.into(),
             family,
@@ -200,9 +213,8 @@ impl Connection {
             upstream_model: upstream_model.into(),
             model_json: model_json.into(),
             api_base: api_base.into(),
-            plain_uris: Arc::new(std::array::from_fn(|i| {
-                urls[i].as_ref().filter(|u| u.scheme() == "http").and_then(|u| u.as_str().parse().ok())
-            })),
+            plain_targets: Arc::new(plain_targets),
+            plain_pool: Arc::default(),
             urls: Arc::new(urls),
             models_url,
             auth,
@@ -287,9 +299,18 @@ impl Connection {
         self.urls[op.index()].as_ref()
     }
 
-    /// The endpoint as a plain-HTTP `Uri`, if the upstream is `http://`.
-    pub(crate) fn plain_uri(&self, op: Operation) -> Option<&http::Uri> {
-        self.plain_uris[op.index()].as_ref()
+    /// The endpoint for the direct client, if the upstream is `http://`,
+    /// and that client's connections to it.
+    pub(crate) fn plain_target(&self, op: Operation) -> Option<(&Target, &Arc<Pool>)> {
+        self.plain_targets[op.index()].as_ref().map(|t| (t, &self.plain_pool))
+    }
+
+    /// RUN-18: a provider that needs a key and has none fails before anything is sent.
+    pub(crate) fn require_key(&self) -> Result<()> {
+        match self.auth {
+            Auth::Missing => Err(Error::invalid("Provider API key is missing for selected model")),
+            Auth::None | Auth::Header(..) => Ok(()),
+        }
     }
 
     pub(crate) fn models_url(&self) -> Option<&Url> {
@@ -306,16 +327,12 @@ impl Connection {
         body.get(key).or_else(|| self.defaults.iter().find(|(k, _)| k.as_ref() == key).map(|(_, v)| v.as_ref()))
     }
 
-    /// Add auth and fixed headers. RUN-18: a provider that needs a key and has
-    /// none fails here, before anything is sent.
-    /// The auth header and fixed extra headers (anthropic-version, ...).
+    /// Add the auth header and fixed extra headers (anthropic-version, ...).
+    /// RUN-18: a provider that needs a key and has none fails here.
     pub(crate) fn auth_headers(&self, headers: &mut http::HeaderMap) -> Result<()> {
-        match &self.auth {
-            Auth::Missing => return Err(Error::invalid("Provider API key is missing for selected model")),
-            Auth::Header(name, value) => {
-                headers.insert(name.clone(), value.clone());
-            }
-            Auth::None => {}
+        self.require_key()?;
+        if let Auth::Header(name, value) = &self.auth {
+            headers.insert(name.clone(), value.clone());
         }
         for (name, value) in self.extra_headers.iter() {
             headers.insert(name.clone(), value.clone());

@@ -21,6 +21,7 @@ mod error;
 mod gemini;
 mod openai;
 mod operation;
+mod plain_http;
 mod sse;
 mod tools;
 mod usage;

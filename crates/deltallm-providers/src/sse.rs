@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 
 use crate::error::{Error, Result};
@@ -282,6 +283,7 @@ impl<T: Translate> State<T> {
                     Step::Emit(payload) => return Some((Ok(payload), self)),
                     Step::Done => {
                         self.finish();
+                        self.read_what_arrived();
                         return None;
                     }
                     Step::Fail(err) => return Some((Err(err), self.failed())),
@@ -313,6 +315,19 @@ impl<T: Translate> State<T> {
                     ));
                     return Some((Err(err), self.failed()));
                 }
+            }
+        }
+    }
+
+    /// After the terminal marker a body usually has only its framing left
+    /// (the last chunk of a chunked body). Read what has already arrived, so
+    /// a body that has ended can give its connection back to the pool;
+    /// nothing still in flight is waited for.
+    fn read_what_arrived(&mut self) {
+        for _ in 0..4 {
+            match self.body.next().now_or_never() {
+                Some(Some(Ok(_))) => continue,
+                _ => break,
             }
         }
     }

@@ -5,6 +5,7 @@ mod anthropic;
 mod errors;
 mod gemini;
 mod openai;
+mod plain_http;
 mod probe;
 mod streaming;
 mod support;

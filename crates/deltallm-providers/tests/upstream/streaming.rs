@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use deltallm_providers::{ErrorClass, Operation, Reply};
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
@@ -28,30 +28,10 @@ where
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut sock, _) = listener.accept().await.unwrap();
-        read_request(&mut sock).await;
+        read_request(&mut sock).await.expect("a request");
         script(sock).await;
     });
     format!("http://{addr}/v1")
-}
-
-async fn read_request(sock: &mut TcpStream) {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    loop {
-        let n = sock.read(&mut tmp).await.unwrap();
-        assert!(n > 0, "client closed before sending a request");
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize =
-                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
-            while buf.len() < end + 4 + len {
-                let n = sock.read(&mut tmp).await.unwrap();
-                buf.extend_from_slice(&tmp[..n]);
-            }
-            return;
-        }
-    }
 }
 
 fn stream_request() -> Vec<u8> {

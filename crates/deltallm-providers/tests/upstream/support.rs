@@ -79,3 +79,30 @@ pub async fn collect(
     }
     (items, usage)
 }
+
+/// Read one HTTP/1.1 request (head and `content-length` body) off `sock`;
+/// `None` if the client closed the connection before sending one.
+pub async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        let n = sock.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            assert!(buf.is_empty(), "client closed in the middle of a request");
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+            while buf.len() < end + 4 + len {
+                let n = sock.read(&mut tmp).await.unwrap();
+                assert!(n > 0, "client closed in the middle of a request body");
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            return Some(buf);
+        }
+    }
+}
