@@ -135,7 +135,14 @@ const SPEND_COLUMNS: [&str; 27] = [
 ];
 
 /// Rows per statement, largest first (a batch is split into these sizes).
-const ROW_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+///
+/// SQLite copies every bound text into memory of its own, freed again when
+/// the statement is reset. For up to about a hundred values per statement
+/// that memory comes from the connection's lookaside slots; beyond that
+/// each value is a `malloc` and a `free`. Eight rows (about 110 texts) stay
+/// within the slots; 64-row statements cost about 10 % more CPU per record,
+/// and smaller ones lose more to per-statement work than they save.
+const ROW_CHUNKS: [usize; 4] = [8, 4, 2, 1];
 
 /// A `&'static str` as a shared slice, made once per thread and string: the
 /// SQLite driver binds an `Arc<str>` without copying it, but copies a `&str`
@@ -299,9 +306,9 @@ fn int_sum(col: row::Column) -> Expr {
 }
 
 impl Store {
-    /// Write a batch of spend records: multi-row `INSERT`s of 64, 32, …, 1
-    /// rows in one transaction, so at most seven distinct statements exist
-    /// and each stays in the driver's prepared-statement cache.
+    /// Write a batch of spend records: multi-row `INSERT`s of 8, 4, 2 or 1
+    /// rows ([`ROW_CHUNKS`]) in one transaction, so at most four distinct
+    /// statements exist and each stays in the driver's prepared-statement cache.
     ///
     /// This is the one write that runs once per proxied request, so it talks
     /// to the driver directly: going through sea-orm's `Value`s copies every
