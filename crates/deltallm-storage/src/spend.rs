@@ -201,46 +201,48 @@ macro_rules! bind_record {
 
 /// `t` exactly as the SQLite driver encodes a `DateTime<Utc>`
 /// (`to_rfc3339_opts(AutoSi, false)`), so stored rows read back and compare
-/// the same, written digit by digit: the formatting machinery cost more per
-/// record than the rest of the timestamp's way into the database.
-fn sqlite_timestamp(t: DateTime<Utc>) -> String {
+/// the same, written digit by digit into a stack buffer: the formatting
+/// machinery cost more per record than the rest of the timestamp's way into
+/// the database. Returned as a shared slice, which the driver binds as is
+/// (one allocation; a `String` would be wrapped in a second one).
+fn sqlite_timestamp(t: DateTime<Utc>) -> Arc<str> {
     use chrono::{Datelike, Timelike};
-    fn digits(out: &mut String, v: u32, width: u32) {
-        for i in (0..width).rev() {
-            out.push(char::from(b'0' + ((v / 10u32.pow(i)) % 10) as u8));
+    /// `v` as `N` decimal digits at `out[at..at + N]`.
+    fn digits<const N: usize>(out: &mut [u8], at: usize, mut v: u32) {
+        for slot in out[at..at + N].iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
         }
     }
     let year = t.year();
     if !(0..=9999).contains(&year) {
-        return t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+        return Arc::from(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false));
     }
-    let mut out = String::with_capacity(35);
-    digits(&mut out, year as u32, 4);
-    out.push('-');
-    digits(&mut out, t.month(), 2);
-    out.push('-');
-    digits(&mut out, t.day(), 2);
-    out.push('T');
-    digits(&mut out, t.hour(), 2);
-    out.push(':');
-    digits(&mut out, t.minute(), 2);
-    out.push(':');
+    let mut out = *b"0000-00-00T00:00:00.000000000+00:00";
+    digits::<4>(&mut out, 0, year as u32);
+    digits::<2>(&mut out, 5, t.month());
+    digits::<2>(&mut out, 8, t.day());
+    digits::<2>(&mut out, 11, t.hour());
+    digits::<2>(&mut out, 14, t.minute());
     // A leap second is carried in the nanoseconds (≥ 1e9); chrono prints it as second 60.
     let nanos = t.nanosecond();
-    digits(&mut out, t.second() + nanos / 1_000_000_000, 2);
+    digits::<2>(&mut out, 17, t.second() + nanos / 1_000_000_000);
     let frac = nanos % 1_000_000_000;
-    if frac != 0 {
-        out.push('.');
-        if frac.is_multiple_of(1_000_000) {
-            digits(&mut out, frac / 1_000_000, 3);
-        } else if frac.is_multiple_of(1_000) {
-            digits(&mut out, frac / 1_000, 6);
-        } else {
-            digits(&mut out, frac, 9);
-        }
-    }
-    out.push_str("+00:00");
-    out
+    // End of the seconds or of the fraction (whose '.' is already at 19).
+    let end = if frac == 0 {
+        19
+    } else if frac.is_multiple_of(1_000_000) {
+        digits::<3>(&mut out, 20, frac / 1_000_000);
+        23
+    } else if frac.is_multiple_of(1_000) {
+        digits::<6>(&mut out, 20, frac / 1_000);
+        26
+    } else {
+        digits::<9>(&mut out, 20, frac);
+        29
+    };
+    out[end..end + 6].copy_from_slice(b"+00:00");
+    Arc::from(std::str::from_utf8(&out[..end + 6]).expect("ASCII digits and separators"))
 }
 
 /// Inserts `records` in [`ROW_CHUNKS`]-sized statements inside the driver
@@ -379,9 +381,19 @@ mod tests {
         let base = Utc.with_ymd_and_hms(2026, 3, 7, 4, 5, 9).unwrap();
         for nanos in [0, 5_000_000, 120_000_000, 123_456_000, 7_000, 123_456_789, 1, 999_999_999] {
             let t = base + chrono::Duration::nanoseconds(nanos);
-            assert_eq!(sqlite_timestamp(t), t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false), "{nanos}");
+            assert_eq!(&*sqlite_timestamp(t), t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false), "{nanos}");
+        }
+        // A leap second, and years at the edges of the four-digit form.
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_250_000_000))
+            .unwrap()
+            .and_utc();
+        let first = Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap();
+        let last = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap();
+        for t in [leap, first, last, first - chrono::Duration::seconds(1), last + chrono::Duration::seconds(1)] {
+            assert_eq!(&*sqlite_timestamp(t), t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false));
         }
         let now = Utc::now();
-        assert_eq!(sqlite_timestamp(now), now.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false));
+        assert_eq!(&*sqlite_timestamp(now), now.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false));
     }
 }
