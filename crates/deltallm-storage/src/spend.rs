@@ -163,39 +163,44 @@ fn literal(s: &'static str) -> Arc<str> {
     })
 }
 
-/// Binds one record's values in [`SPEND_COLUMNS`] order. A macro rather than
-/// a function because the two drivers' query types differ.
+/// Adds one record's values to the argument buffer `$args` in
+/// [`SPEND_COLUMNS`] order. A macro rather than a function because the two
+/// drivers' argument types differ.
 macro_rules! bind_record {
-    ($query:expr, $r:expr, $time:expr) => {{
+    ($args:expr, $r:expr, $time:expr) => {{
         let r: SpendRecord = $r;
-        $query
-            .bind(r.request_id)
-            .bind(literal(r.call_type))
-            .bind(r.model)
-            .bind(r.deployment_id)
-            .bind(r.deployment_model)
-            .bind(r.provider)
-            .bind(r.api_base)
-            .bind(r.spend)
-            .bind(r.provider_cost)
-            .bind(literal(r.billing_unit))
-            .bind(r.prompt_tokens)
-            .bind(r.completion_tokens)
-            .bind(r.total_tokens)
-            .bind(r.prompt_tokens_cached)
-            .bind(r.images)
-            .bind(r.characters)
-            .bind(r.audio_seconds)
-            .bind(r.unpriced_reason.map(literal))
-            .bind(r.request_tags)
-            .bind(r.metadata)
-            .bind(literal(r.status))
-            .bind(r.http_status_code)
-            .bind(r.error_type.map(literal))
-            .bind(r.stream)
-            .bind(r.latency_ms)
-            .bind($time(r.start_time))
-            .bind($time(r.end_time))
+        let args = &mut $args;
+        let add = || -> std::result::Result<(), sea_orm::sqlx::error::BoxDynError> {
+            args.add(r.request_id)?;
+            args.add(literal(r.call_type))?;
+            args.add(r.model)?;
+            args.add(r.deployment_id)?;
+            args.add(r.deployment_model)?;
+            args.add(r.provider)?;
+            args.add(r.api_base)?;
+            args.add(r.spend)?;
+            args.add(r.provider_cost)?;
+            args.add(literal(r.billing_unit))?;
+            args.add(r.prompt_tokens)?;
+            args.add(r.completion_tokens)?;
+            args.add(r.total_tokens)?;
+            args.add(r.prompt_tokens_cached)?;
+            args.add(r.images)?;
+            args.add(r.characters)?;
+            args.add(r.audio_seconds)?;
+            args.add(r.unpriced_reason.map(literal))?;
+            args.add(r.request_tags)?;
+            args.add(r.metadata)?;
+            args.add(literal(r.status))?;
+            args.add(r.http_status_code)?;
+            args.add(r.error_type.map(literal))?;
+            args.add(r.stream)?;
+            args.add(r.latency_ms)?;
+            args.add($time(r.start_time))?;
+            args.add($time(r.end_time))?;
+            Ok(())
+        };
+        add().map_err(sea_orm::sqlx::Error::Encode)?;
     }};
 }
 
@@ -247,15 +252,20 @@ fn sqlite_timestamp(t: DateTime<Utc>) -> Arc<str> {
 
 /// Inserts `records` in [`ROW_CHUNKS`]-sized statements inside the driver
 /// transaction `txn`, then commits. `$time` encodes a timestamp for the driver.
+/// Records are bound straight from the batch (no per-statement `Vec`), into
+/// an argument buffer sized for the statement up front.
 macro_rules! insert_in {
-    ($txn:expr, $records:expr, $postgres:expr, $time:expr) => {{
+    ($txn:expr, $records:expr, $args:ty, $postgres:expr, $time:expr) => {{
+        use sea_orm::sqlx::Arguments as _;
         let mut txn = $txn;
-        for chunk in chunks($records) {
-            let mut q = sea_orm::sqlx::query(insert_sql($postgres, chunk.len()));
-            for r in chunk {
-                q = bind_record!(q, r, $time);
+        let mut rest = $records.into_iter();
+        while let Some(rows) = chunk_rows(rest.len()) {
+            let mut args = <$args>::default();
+            args.reserve(rows * SPEND_COLUMNS.len(), 0);
+            for r in rest.by_ref().take(rows) {
+                bind_record!(args, r, $time);
             }
-            q.execute(&mut *txn).await?;
+            sea_orm::sqlx::query_with(insert_sql($postgres, rows), args).execute(&mut *txn).await?;
         }
         txn.commit().await?;
     }};
@@ -292,14 +302,9 @@ fn insert_sql(postgres: bool, rows: usize) -> &'static str {
     })
 }
 
-/// Splits a batch into [`ROW_CHUNKS`]-sized runs.
-fn chunks(records: Vec<SpendRecord>) -> impl Iterator<Item = Vec<SpendRecord>> {
-    let mut rest = records.into_iter();
-    std::iter::from_fn(move || {
-        let left = rest.len();
-        let rows = ROW_CHUNKS.iter().copied().find(|n| *n <= left)?;
-        Some(rest.by_ref().take(rows).collect())
-    })
+/// Rows in the next statement when `left` records remain (`None` when done).
+fn chunk_rows(left: usize) -> Option<usize> {
+    ROW_CHUNKS.iter().copied().find(|n| *n <= left)
 }
 
 /// SUM over a BIGINT column; PostgreSQL widens it to NUMERIC, so cast back.
@@ -325,11 +330,11 @@ impl Store {
             DbBackend::Sqlite => {
                 // IMMEDIATE: take the write lock at BEGIN, where the busy timeout applies.
                 let txn = self.db.get_sqlite_connection_pool().begin_with("BEGIN IMMEDIATE").await?;
-                insert_in!(txn, records, false, sqlite_timestamp);
+                insert_in!(txn, records, sea_orm::sqlx::sqlite::SqliteArguments, false, sqlite_timestamp);
             }
             DbBackend::Postgres => {
                 let txn = self.db.get_postgres_connection_pool().begin().await?;
-                insert_in!(txn, records, true, std::convert::identity);
+                insert_in!(txn, records, sea_orm::sqlx::postgres::PgArguments, true, std::convert::identity);
             }
             other => return Err(sea_orm::DbErr::Custom(format!("spend logs are not supported on {other:?}")).into()),
         }
