@@ -89,6 +89,10 @@ const ROUTE_POLICY_VERSION: HeaderName = HeaderName::from_static("x-deltallm-rou
 const OVERHEAD: HeaderName = HeaderName::from_static("x-deltallm-overhead-us");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-deltallm-request-id");
 
+/// Headers of a proxied response: content type (up to three for streams),
+/// five route headers, overhead, request id and content length.
+const RESPONSE_HEADERS: usize = 12;
+
 fn put(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
@@ -97,7 +101,7 @@ fn put(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 
 fn route_headers(headers: &mut HeaderMap, route: &RouteDecision, overhead_us: u128) {
     put(headers, ROUTE_GROUP, &route.group);
-    put(headers, ROUTE_STRATEGY, route.strategy.as_str());
+    headers.insert(ROUTE_STRATEGY, HeaderValue::from_static(route.strategy.as_str()));
     put(headers, ROUTE_DEPLOYMENT, &route.served);
     headers.insert(ROUTE_FALLBACK, HeaderValue::from_static(if route.fallback_used { "true" } else { "false" }));
     // Only route groups with a published policy have a version to report.
@@ -116,17 +120,17 @@ fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response {
         Ok(resp) => {
             let mut out = match resp.body {
                 ProxyBody::Json(bytes) => {
-                    let mut r = Response::new(Body::from(bytes));
+                    let mut r = proxied(Body::from(bytes));
                     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                     r
                 }
                 ProxyBody::Binary { content_type, body } => {
-                    let mut r = Response::new(Body::from(body));
+                    let mut r = proxied(Body::from(body));
                     put(r.headers_mut(), header::CONTENT_TYPE, &content_type);
                     r
                 }
                 ProxyBody::Stream(stream) => {
-                    let mut r = Response::new(Body::from_stream(stream.map(Ok::<_, Infallible>)));
+                    let mut r = proxied(Body::from_stream(stream.map(Ok::<_, Infallible>)));
                     let h = r.headers_mut();
                     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -152,6 +156,14 @@ fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response {
             out
         }
     }
+}
+
+/// A response with room for all of its headers up front: the default table
+/// holds six and would be rebuilt halfway through the route headers.
+fn proxied(body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.headers_mut() = HeaderMap::with_capacity(RESPONSE_HEADERS);
+    response
 }
 
 fn too_large(limit: usize) -> ProxyError {
