@@ -307,13 +307,14 @@ proc_pids() { # $1 = target → pids whose CPU counts
     gateway) echo "$GW_PID" ;;
   esac
 }
-cpu_ticks() { # utime+stime summed over the given pids (all threads, incl. exited ones)
-  local total=0 p t
+cpu_ticks() { # "utime+stime stime" summed over the given pids (all threads, incl. exited ones)
+  local total=0 sys=0 p t s
   for p in "$@"; do
-    t=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}') || t=0
+    read -r t s < <(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13, $13}') || { t=0; s=0; }
     total=$((total + t))
+    sys=$((sys + s))
   done
-  echo "$total"
+  echo "$total $sys"
 }
 peak_kib() { # max VmHWM over the given pids
   local max=0 p v
@@ -385,7 +386,7 @@ if (((bl1 - bl0) * 100 > 10 * (blt1 - blt0 + 1) || (bp1 - bp0) * 100 > 10 * (bpt
 fi
 
 RAW=$OUT/raw.tsv
-printf 'target\tmode\tc\trequests\tduration_us\terrors\trps\tmean_us\tp50_us\tp90_us\tp99_us\tp999_us\tcpu_us_per_req\tpeak_rss_kib\tcore%s_busy_pct\tcore%s_busy_pct\tcore%s_steal_pct\tcore%s_steal_pct\n' \
+printf 'target\tmode\tc\trequests\tduration_us\terrors\trps\tmean_us\tp50_us\tp90_us\tp99_us\tp999_us\tcpu_us_per_req\tpeak_rss_kib\tcore%s_busy_pct\tcore%s_busy_pct\tcore%s_steal_pct\tcore%s_steal_pct\tkernel_pct\n' \
   "$LOADGEN_CPU" "$PROXY_CPU" "$LOADGEN_CPU" "$PROXY_CPU" >"$RAW"
 
 measure() { # $1 = target, $2 = mode, $3 = concurrency
@@ -399,19 +400,20 @@ measure() { # $1 = target, $2 = mode, $3 = concurrency
   fi
   local t0 t1 l0 l1 p0 p1 peak=0
   ((${#pids[@]})) && reset_peak "${pids[@]}"
-  t0=$( ((${#pids[@]})) && cpu_ticks "${pids[@]}" || echo 0)
+  local s0 s1
+  read -r t0 s0 < <( ((${#pids[@]})) && cpu_ticks "${pids[@]}" || echo 0 0)
   local ls0 ls1 ps0 ps1
   read -r l0 lt0 ls0 < <(core_busy "$LOADGEN_CPU")
   read -r p0 pt0 ps0 < <(core_busy "$PROXY_CPU")
   run_wrk "$label" "$url" "$body" "$c" "$DURATION" "$HERE/wrk-post.lua" >"$OUT/$label.txt" 2>&1 ||
     die "wrk failed for $label (see $OUT/$label.txt)"
-  t1=$( ((${#pids[@]})) && cpu_ticks "${pids[@]}" || echo 0)
+  read -r t1 s1 < <( ((${#pids[@]})) && cpu_ticks "${pids[@]}" || echo 0 0)
   read -r l1 lt1 ls1 < <(core_busy "$LOADGEN_CPU")
   read -r p1 pt1 ps1 < <(core_busy "$PROXY_CPU")
   ((${#pids[@]})) && peak=$(peak_kib "${pids[@]}")
   local line
   line=$(grep '^RESULT ' "$OUT/$label.txt") || die "no result line for $label"
-  awk -v line="$line" -v target="$target" -v mode="$mode" -v c="$c" -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" \
+  awk -v line="$line" -v target="$target" -v mode="$mode" -v c="$c" -v ticks=$((t1 - t0)) -v sticks=$((s1 - s0)) -v hz="$CLK_TCK" \
     -v haspids="${#pids[@]}" -v peak="$peak" \
     -v lb=$((l1 - l0)) -v lt=$((lt1 - lt0)) -v pb=$((p1 - p0)) -v pt=$((pt1 - pt0)) \
     -v lst=$((ls1 - ls0)) -v pst=$((ps1 - ps0)) 'BEGIN {
@@ -421,9 +423,10 @@ measure() { # $1 = target, $2 = mode, $3 = concurrency
       rps = r["requests"] / (r["duration_us"] / 1e6);
       cpu = (haspids > 0 && r["requests"] > 0) ? sprintf("%.1f", ticks * 1e6 / hz / r["requests"]) : "-";
       pk = (haspids > 0) ? peak : "-";
-      printf "%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\n", target, mode, c,
+      kern = (haspids > 0 && ticks > 0) ? sprintf("%.0f", 100 * sticks / ticks) : "-";
+      printf "%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\n", target, mode, c,
         r["requests"], r["duration_us"], err, rps, r["mean_us"], r["p50_us"], r["p90_us"], r["p99_us"], r["p999_us"],
-        cpu, pk, (lt ? 100 * lb / lt : 0), (pt ? 100 * pb / pt : 0), (lt ? 100 * lst / lt : 0), (pt ? 100 * pst / pt : 0)
+        cpu, pk, (lt ? 100 * lb / lt : 0), (pt ? 100 * pb / pt : 0), (lt ? 100 * lst / lt : 0), (pt ? 100 * pst / pt : 0), kern
     }' >>"$RAW"
   if [[ $(tail -n1 "$RAW" | cut -f6) != 0 ]]; then
     log "warning: $label had errors or non-2xx responses (see $OUT/$label.txt)"
@@ -475,12 +478,12 @@ REPORT=$OUT/report.md
     function ms(us) { return sprintf("%.3f", us / 1000) }
     function mib(k) { return k == "-" ? "-" : sprintf("%.1f", k / 1024) }
     END {
-      print "| target | mode | c | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors | cpu" lc " busy | cpu" pc " busy | cpu" pc " stolen |";
-      print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+      print "| target | mode | c | req/s | p50 ms | p99 ms | CPU µs/req | of it kernel | peak RSS MiB | errors | cpu" lc " busy | cpu" pc " busy | cpu" pc " stolen |";
+      print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
       for (i = 1; i <= n; i++) {
         split(rows[i], f, "\t");
-        printf "| %s | %s | %s | %d | %s | %s | %s | %s | %d | %d%% | %d%% | %d%% |\n",
-          f[1], f[2], f[3], f[7], ms(f[9]), ms(f[11]), f[13], mib(f[14]), f[6], f[15], f[16], f[18]
+        printf "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %d | %d%% | %d%% | %d%% |\n",
+          f[1], f[2], f[3], f[7], ms(f[9]), ms(f[11]), f[13], (f[19] == "-" ? "-" : f[19] "%"), mib(f[14]), f[6], f[15], f[16], f[18]
       }
     }' "$RAW"
   echo

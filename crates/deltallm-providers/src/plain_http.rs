@@ -35,6 +35,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
@@ -262,21 +263,19 @@ async fn write_all(stream: &TcpStream, parts: &Parts<'_>) -> io::Result<()> {
 /// Read more bytes into `buf`; `Ok(0)` is end-of-file. `expected` is how
 /// many more bytes the body is known to have (0 if unknown): room for them
 /// is made at once, so a body of known length ends up in one buffer.
-async fn read_more(stream: &TcpStream, buf: &mut BytesMut, expected: usize) -> io::Result<usize> {
+///
+/// Reads go through `AsyncRead`, which forgets the socket's readiness after
+/// a short read: the check of an idle connection before reuse then needs no
+/// system call, and the next read waits for the poller instead of trying a
+/// read that would fail with `EAGAIN`.
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, expected: usize) -> io::Result<usize> {
     let spare = buf.capacity() - buf.len();
     if expected > spare {
         buf.reserve(expected.min(MAX_PRESIZE));
     } else if spare < 1024 {
         buf.reserve(READ_CHUNK);
     }
-    loop {
-        // Wait first: after a request was written, the answer is not there yet.
-        stream.readable().await?;
-        match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            other => return other,
-        }
-    }
+    stream.read_buf(buf).await
 }
 
 fn io_error(e: io::Error) -> Error {
@@ -447,7 +446,7 @@ impl Body {
                     _ => 0,
                 },
             };
-            let Some(stream) = self.stream.as_ref() else { return Ok(None) };
+            let Some(stream) = self.stream.as_mut() else { return Ok(None) };
             let read = read_more(stream, &mut self.buf, want).await.map_err(io_error)?;
             if read == 0 {
                 if matches!(self.framing, Framing::Eof) {
@@ -468,7 +467,7 @@ impl Body {
             // Read it all into one buffer, then hand that buffer out whole.
             let rest = usize::try_from(rest).map_err(|_| invalid("body too large"))?;
             while self.buf.len() < rest {
-                let Some(stream) = self.stream.as_ref() else { return Err(closed_early()) };
+                let Some(stream) = self.stream.as_mut() else { return Err(closed_early()) };
                 let missing = rest - self.buf.len();
                 if read_more(stream, &mut self.buf, missing).await.map_err(io_error)? == 0 {
                     return Err(closed_early());
