@@ -7,6 +7,8 @@
 //! JSON: `model` replaced (DEP-8), `metadata` dropped (RUN-5), `max_tokens`
 //! renamed for gpt-5 (RUN-18), defaults appended when absent (RUN-16).
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -39,12 +41,14 @@ pub(crate) fn injects_stream_usage(conn: &Connection, op: Operation, body: &Requ
 }
 
 /// The client's `stream_options` with `include_usage: true` added.
-fn with_include_usage(client: Option<&serde_json::value::RawValue>) -> String {
-    let mut options = client
-        .and_then(|raw| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()).ok())
-        .unwrap_or_default();
+fn with_include_usage(client: Option<&serde_json::value::RawValue>) -> Cow<'static, str> {
+    // Most streams come without options of their own: nothing to merge.
+    let Some(raw) = client.filter(|raw| raw.get() != "null") else {
+        return Cow::Borrowed(r#"{"include_usage":true}"#);
+    };
+    let mut options = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()).unwrap_or_default();
     options.insert("include_usage".into(), serde_json::Value::Bool(true));
-    serde_json::Value::Object(options).to_string()
+    Cow::Owned(serde_json::Value::Object(options).to_string())
 }
 
 /// The upstream JSON body. `inject_usage` comes from [`injects_stream_usage`].
