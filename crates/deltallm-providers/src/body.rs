@@ -157,6 +157,14 @@ impl ObjectWriter {
             self.buf.push(b',');
         }
         self.empty = false;
+        // Field names are plain ASCII words: quote them as they are and leave
+        // escaping to serde for the rare name that needs it.
+        if !key.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+            self.buf.push(b'"');
+            self.buf.extend_from_slice(key.as_bytes());
+            self.buf.extend_from_slice(b"\":");
+            return;
+        }
         // Writing a &str into a Vec cannot fail; the fallback keeps the output
         // valid JSON even so.
         if serde_json::to_writer(&mut self.buf, key).is_err() {
@@ -228,7 +236,9 @@ mod tests {
         let mut w = ObjectWriter::with_capacity(16);
         w.raw("a", "[1,2]");
         w.value("k\"ey", "v").unwrap();
+        w.raw("back\\slash\ttab", "1");
+        w.raw("ünï", "2");
         let v: serde_json::Value = serde_json::from_slice(&w.finish()).unwrap();
-        assert_eq!(v, serde_json::json!({"a": [1, 2], "k\"ey": "v"}));
+        assert_eq!(v, serde_json::json!({"a": [1, 2], "k\"ey": "v", "back\\slash\ttab": 1, "ünï": 2}));
     }
 }
