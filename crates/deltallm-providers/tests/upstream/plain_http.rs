@@ -239,3 +239,53 @@ async fn a_chunked_stream_is_forwarded_and_its_connection_reused() {
     }
     assert_eq!(up.connections.load(Ordering::SeqCst), 1, "a stream read to its end returns its connection");
 }
+
+/// Bodies far larger than a socket buffer, both ways: the request is written
+/// in many partial writes while the upstream reads slowly, and the answer
+/// arrives in many reads.
+#[tokio::test]
+async fn large_bodies_cross_in_many_pieces() {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<usize>();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        // Read in small steps with pauses, so the client's writes back up.
+        let mut request = Vec::new();
+        let mut tmp = [0u8; 16 * 1024];
+        let total = loop {
+            let n = sock.read(&mut tmp).await.unwrap();
+            assert!(n > 0, "client closed early");
+            request.extend_from_slice(&tmp[..n]);
+            if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                let len: usize =
+                    head.lines().find_map(|l| l.strip_prefix("content-length:")).unwrap().trim().parse().unwrap();
+                if request.len() >= end + 4 + len {
+                    break len;
+                }
+            }
+            if request.len() % (256 * 1024) < tmp.len() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let _ = seen_tx.send(total);
+        let body = bytes(&json!({"id": "big", "object": "chat.completion", "choices": [],
+            "filler": "y".repeat(3 * 1024 * 1024)}));
+        let head =
+            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+        sock.write_all(head.as_bytes()).await.unwrap();
+        for piece in body.chunks(100 * 1024) {
+            sock.write_all(piece).await.unwrap();
+        }
+    });
+    let c = conn("vllm", &base, json!({"model": "m"}), None);
+    let content = "x".repeat(4 * 1024 * 1024);
+    let client = bytes(&json!({"model": "x", "messages": [{"role": "user", "content": content}]}));
+    let reply = providers().call(&c, Operation::Chat, &body(&client), Some(Duration::from_secs(20))).await.unwrap();
+    let (json, _) = json_reply(reply);
+    assert_eq!(json["id"], "big");
+    assert_eq!(json["filler"].as_str().unwrap().len(), 3 * 1024 * 1024);
+    assert!(seen_rx.await.unwrap() > 4 * 1024 * 1024, "the whole request body reached the upstream");
+}
