@@ -14,7 +14,9 @@
 //!
 //! Connections are kept per deployment ([`Pool`], one short lock per
 //! checkout and return, never shared between deployments) and reused only
-//! after a response was read to its end with keep-alive allowed. A request
+//! after a response was read to its end with keep-alive allowed. A registry
+//! rebuild (a deployment change) builds new connections with empty pools;
+//! the old idle connections close when the old registry is dropped. A request
 //! whose future is dropped (client gone, deadline hit) drops its connection,
 //! which closes the socket and so cancels the upstream's work.
 //!
