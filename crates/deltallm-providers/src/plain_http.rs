@@ -50,6 +50,10 @@ const MAX_HEADERS: usize = 64;
 const READ_CHUNK: usize = 8 * 1024;
 /// Largest buffer reserved up front for a body of known length.
 const MAX_PRESIZE: usize = 16 * 1024 * 1024;
+/// Largest read buffer a pooled connection keeps. A body of known length is
+/// read into one buffer of its size; a connection that carried a large
+/// embeddings answer must not hold on to that memory while it waits idle.
+const KEEP_BUFFER: usize = 64 * 1024;
 /// Longest chunk-size or trailer line accepted in a chunked body.
 const MAX_LINE: usize = 4 * 1024;
 
@@ -205,6 +209,7 @@ pub(crate) async fn post(settings: Settings, pool: &Arc<Pool>, target: &Target, 
             buf,
             framing,
             keep_alive: head.keep_alive,
+            oversized: false,
             pool: pool.clone(),
             max_idle: settings.max_idle,
         };
@@ -429,6 +434,8 @@ pub(crate) struct Body {
     buf: BytesMut,
     framing: Framing,
     keep_alive: bool,
+    /// The buffer grew past [`KEEP_BUFFER`] for this body.
+    oversized: bool,
     pool: Arc<Pool>,
     max_idle: usize,
 }
@@ -450,6 +457,7 @@ impl Body {
             };
             let Some(stream) = self.stream.as_mut() else { return Ok(None) };
             let read = read_more(stream, &mut self.buf, want).await.map_err(io_error)?;
+            self.oversized |= self.buf.capacity() > KEEP_BUFFER;
             if read == 0 {
                 if matches!(self.framing, Framing::Eof) {
                     self.keep_alive = false;
@@ -474,6 +482,7 @@ impl Body {
                 if read_more(stream, &mut self.buf, missing).await.map_err(io_error)? == 0 {
                     return Err(closed_early());
                 }
+                self.oversized |= self.buf.capacity() > KEEP_BUFFER;
             }
         }
         let Some(first) = self.next().await? else { return Ok(Bytes::new()) };
@@ -556,7 +565,10 @@ impl Body {
             && self.keep_alive
             && self.buf.is_empty()
         {
-            self.pool.checkin(Conn { stream, buf: std::mem::take(&mut self.buf) }, self.max_idle);
+            // The body's pieces still share the buffer; a large one is left
+            // to them and the connection starts a small one next time.
+            let buf = if self.oversized { BytesMut::new() } else { std::mem::take(&mut self.buf) };
+            self.pool.checkin(Conn { stream, buf }, self.max_idle);
         }
     }
 }
@@ -591,7 +603,15 @@ mod tests {
     use super::*;
 
     fn body_of(raw: &[u8], framing: Framing) -> Body {
-        Body { stream: None, buf: BytesMut::from(raw), framing, keep_alive: true, pool: Arc::default(), max_idle: 1 }
+        Body {
+            stream: None,
+            buf: BytesMut::from(raw),
+            framing,
+            keep_alive: true,
+            oversized: false,
+            pool: Arc::default(),
+            max_idle: 1,
+        }
     }
 
     fn drain(body: &mut Body) -> Result<(Vec<Bytes>, bool)> {
@@ -689,5 +709,35 @@ mod tests {
         assert_eq!(&*default_port.connect_to, "[::1]:80");
         assert!(Target::post(&Url::parse("https://h/v1").unwrap(), &[]).is_none());
         assert!(Target::post(&Url::parse("http://u:p@h/v1").unwrap(), &[]).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_does_not_keep_a_large_body_buffer() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/v1/embeddings", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            for len in [1024 * 1024, 10] {
+                let _ = tokio::io::AsyncReadExt::read(&mut sock, &mut request).await.unwrap();
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                sock.write_all(head.as_bytes()).await.unwrap();
+                sock.write_all(&vec![b'x'; len]).await.unwrap();
+            }
+        });
+        let settings =
+            Settings { connect_timeout: Duration::from_secs(5), max_idle: 4, idle_timeout: Duration::from_secs(60) };
+        let (pool, target) = (Arc::new(Pool::default()), Target::post(&url, &[]).unwrap());
+        let big = post(settings, &pool, &target, b"{}").await.unwrap().body.collect().await.unwrap();
+        assert_eq!(big.len(), 1024 * 1024);
+        // Once the gateway has sent the big body, a buffer the pooled
+        // connection still shared would be reclaimed whole for its next answer.
+        drop(big);
+        let small = post(settings, &pool, &target, b"{}").await.unwrap().body.collect().await.unwrap();
+        assert_eq!(&small[..], b"xxxxxxxxxx");
+        let kept: Vec<usize> = pool.idle.lock().unwrap().iter().map(|i| i.buf.capacity()).collect();
+        assert_eq!(kept.len(), 1, "one connection, reused");
+        assert!(kept[0] <= READ_CHUNK, "the pooled connection kept a {} byte buffer", kept[0]);
     }
 }
