@@ -22,8 +22,8 @@
 //!
 //! A pooled connection the upstream has already closed is recognised before
 //! use (its socket reads as end-of-file) and discarded. One that fails while
-//! the request is being written is retried once on a fresh connection,
-//! because nothing reached the upstream. A failure after the request was
+//! the request is being written is retried once on a fresh connection: the
+//! upstream cannot have acted on a request it did not receive whole. A failure after the request was
 //! written is not retried here, as nginx and Go's client do for `POST`: the
 //! upstream may have started generating, and the gateway's own retry policy
 //! (RUN-11) decides.
@@ -191,7 +191,8 @@ pub(crate) async fn post(settings: Settings, pool: &Arc<Pool>, target: &Target, 
     let Conn { mut stream, mut buf } = match pool.checkout(settings.idle_timeout) {
         Some(conn) => match write_all(&conn.stream, &parts).await {
             Ok(()) => conn,
-            // Nothing reached the upstream: a fresh connection is safe to try.
+            // The upstream did not get the whole request, so it cannot have
+            // acted on it: a fresh connection is safe to try.
             Err(_) => fresh(settings, target, &parts).await?,
         },
         None => fresh(settings, target, &parts).await?,
