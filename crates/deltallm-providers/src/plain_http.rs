@@ -203,7 +203,7 @@ pub(crate) async fn post(settings: Settings, pool: &Arc<Pool>, target: &Target, 
         if (100..200).contains(&head.status) && head.status != 101 {
             continue;
         }
-        let framing = head.framing()?;
+        let framing = head.framing();
         let done = matches!(framing, Framing::Length(0));
         let mut body = Body {
             stream: Some(stream),
@@ -311,17 +311,16 @@ struct Head {
 
 impl Head {
     /// How the body is delimited (RFC 9112 §6.3).
-    fn framing(&self) -> Result<Framing> {
+    fn framing(&self) -> Framing {
         if matches!(self.status, 204 | 304) {
-            return Ok(Framing::Length(0));
+            Framing::Length(0)
+        } else if self.chunked {
+            Framing::Chunked(Chunk::Size)
+        } else if self.other_coding {
+            Framing::Eof
+        } else {
+            self.content_length.map_or(Framing::Eof, Framing::Length)
         }
-        if self.chunked {
-            return Ok(Framing::Chunked(Chunk::Size));
-        }
-        if self.other_coding {
-            return Ok(Framing::Eof);
-        }
-        Ok(self.content_length.map_or(Framing::Eof, Framing::Length))
     }
 }
 
@@ -692,7 +691,7 @@ mod tests {
     }
 
     fn head_framing(raw: &[u8]) -> Framing {
-        parse_head(raw).unwrap().unwrap().1.framing().unwrap()
+        parse_head(raw).unwrap().unwrap().1.framing()
     }
 
     #[test]
