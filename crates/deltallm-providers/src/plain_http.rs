@@ -455,7 +455,8 @@ impl Body {
                     _ => 0,
                 },
             };
-            let Some(stream) = self.stream.as_mut() else { return Ok(None) };
+            // Only a failed read leaves the body unfinished without its connection.
+            let Some(stream) = self.stream.as_mut() else { return Err(closed_early()) };
             let read = read_more(stream, &mut self.buf, want).await.map_err(io_error)?;
             self.oversized |= self.buf.capacity() > KEEP_BUFFER;
             if read == 0 {
