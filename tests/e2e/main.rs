@@ -7,4 +7,5 @@ mod credentials;
 mod endpoints;
 mod proxy;
 mod routing;
+mod spend_store;
 mod validation;

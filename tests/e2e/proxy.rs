@@ -527,7 +527,8 @@ on_both_backends!(a_large_spend_batch_is_written_whole_and_exact, |url: String| 
     use deltallm_storage::{SpendGroupBy, SpendRecord};
     let app = TestApp::start(&url, test_settings()).await;
     let now = chrono::Utc::now();
-    // 101 = 64 + 32 + 4 + 1 rows: every statement size the writer uses.
+    // 101 rows: 64 + 32 + 4 + 1 on PostgreSQL, 12 × 8 + 5 × 1 on SQLite, so
+    // every statement size the writers use.
     let records: Vec<SpendRecord> = (0..101)
         .map(|i| SpendRecord {
             request_id: format!("req-{i}"),

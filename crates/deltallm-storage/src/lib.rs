@@ -15,6 +15,7 @@ mod error;
 mod keys;
 mod route_groups;
 mod spend;
+mod spend_sqlite;
 
 use std::sync::Arc;
 
@@ -35,6 +36,9 @@ pub use spend::{SpendGroupBy, SpendRecord, SpendSummaryRow};
 pub struct Store {
     db: DatabaseConnection,
     keys: Arc<ArcSwap<KeyRing>>,
+    /// SQLite's spend writer thread, found on the first spend batch (`None`
+    /// inside: not a database file).
+    spend_sqlite: Arc<tokio::sync::OnceCell<Option<spend_sqlite::SqliteSpendWriter>>>,
 }
 
 impl Store {
@@ -55,12 +59,12 @@ impl Store {
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
         });
         let db = Database::connect(opts).await?;
-        Ok(Self { db, keys: Arc::new(ArcSwap::from_pointee(keys)) })
+        Ok(Self::from_connection(db, keys))
     }
 
     /// Wrap an existing connection (tests, embedders).
     pub fn from_connection(db: DatabaseConnection, keys: KeyRing) -> Self {
-        Self { db, keys: Arc::new(ArcSwap::from_pointee(keys)) }
+        Self { db, keys: Arc::new(ArcSwap::from_pointee(keys)), spend_sqlite: Arc::default() }
     }
 
     /// The raw connection (migrations, health checks).

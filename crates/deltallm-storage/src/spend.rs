@@ -5,11 +5,14 @@ use sea_orm::sea_query::{Alias, Expr, Func};
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
-use sea_orm::{ColumnTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
+};
 use serde::Serialize;
 
 use crate::entity::spend_log as row;
-use crate::{Result, Store};
+use crate::spend_sqlite::SqliteSpendWriter;
+use crate::{Error, Result, Store};
 
 /// One request's spend event.
 ///
@@ -104,7 +107,7 @@ pub struct SpendSummaryRow {
 }
 
 /// Columns written by [`Store::insert_spend`], in bind order.
-const SPEND_COLUMNS: [&str; 27] = [
+pub(crate) const SPEND_COLUMNS: [&str; 27] = [
     "request_id",
     "call_type",
     "model",
@@ -134,17 +137,11 @@ const SPEND_COLUMNS: [&str; 27] = [
     "end_time",
 ];
 
-/// Rows per statement, largest first (a batch is split into these sizes);
-/// the gateway's spend writer sends batches of up to 256.
-///
-/// Every statement is a round trip to the driver's SQLite thread: two
-/// thread switches, on one core two context switches. Those cost more than
-/// small statements save: SQLite's copies of the bound texts fit its
-/// lookaside slots only up to about eight rows, and larger statements pay a
-/// `malloc` per text instead, yet pinned to one core (`taskset -c 1` on the
-/// `spend_insert` bench) 8-row statements cost 9.5 µs CPU per record,
-/// 64-row ones 7.1 µs and 256-row ones 6.6 µs. Instruction counts alone
-/// (which leave out the kernel) favour the small statements.
+/// Rows per statement on PostgreSQL (and an in-memory SQLite database),
+/// largest first; a batch is split into these sizes and the gateway's spend
+/// writer sends batches of up to 256. Each statement is a round trip to the
+/// database, so a full batch is one. A SQLite file is written by
+/// [`crate::spend_sqlite`] instead.
 const ROW_CHUNKS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 
 /// A `&'static str` as a shared slice, made once per thread and string: the
@@ -211,46 +208,67 @@ macro_rules! bind_record {
 /// (`to_rfc3339_opts(AutoSi, false)`), so stored rows read back and compare
 /// the same, written digit by digit into a stack buffer: the formatting
 /// machinery cost more per record than the rest of the timestamp's way into
-/// the database. Returned as a shared slice, which the driver binds as is
-/// (one allocation; a `String` would be wrapped in a second one).
-fn sqlite_timestamp(t: DateTime<Utc>) -> Arc<str> {
-    use chrono::{Datelike, Timelike};
-    /// `v` as `N` decimal digits at `out[at..at + N]`.
-    fn digits<const N: usize>(out: &mut [u8], at: usize, mut v: u32) {
-        for slot in out[at..at + N].iter_mut().rev() {
-            *slot = b'0' + (v % 10) as u8;
-            v /= 10;
+/// the database.
+pub(crate) enum TimestampText {
+    /// Years 0 to 9999: the text and its length.
+    Inline([u8; 35], usize),
+    /// Other years (formatted by chrono).
+    Formatted(String),
+}
+
+impl TimestampText {
+    pub(crate) fn new(t: DateTime<Utc>) -> Self {
+        use chrono::{Datelike, Timelike};
+        /// `v` as `N` decimal digits at `out[at..at + N]`.
+        fn digits<const N: usize>(out: &mut [u8], at: usize, mut v: u32) {
+            for slot in out[at..at + N].iter_mut().rev() {
+                *slot = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        }
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            return Self::Formatted(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false));
+        }
+        let mut out = *b"0000-00-00T00:00:00.000000000+00:00";
+        digits::<4>(&mut out, 0, year as u32);
+        digits::<2>(&mut out, 5, t.month());
+        digits::<2>(&mut out, 8, t.day());
+        digits::<2>(&mut out, 11, t.hour());
+        digits::<2>(&mut out, 14, t.minute());
+        // A leap second is carried in the nanoseconds (≥ 1e9); chrono prints it as second 60.
+        let nanos = t.nanosecond();
+        digits::<2>(&mut out, 17, t.second() + nanos / 1_000_000_000);
+        let frac = nanos % 1_000_000_000;
+        // End of the seconds or of the fraction (whose '.' is already at 19).
+        let end = if frac == 0 {
+            19
+        } else if frac.is_multiple_of(1_000_000) {
+            digits::<3>(&mut out, 20, frac / 1_000_000);
+            23
+        } else if frac.is_multiple_of(1_000) {
+            digits::<6>(&mut out, 20, frac / 1_000);
+            26
+        } else {
+            digits::<9>(&mut out, 20, frac);
+            29
+        };
+        out[end..end + 6].copy_from_slice(b"+00:00");
+        Self::Inline(out, end + 6)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Inline(out, len) => std::str::from_utf8(&out[..*len]).expect("ASCII digits and separators"),
+            Self::Formatted(s) => s,
         }
     }
-    let year = t.year();
-    if !(0..=9999).contains(&year) {
-        return Arc::from(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false));
-    }
-    let mut out = *b"0000-00-00T00:00:00.000000000+00:00";
-    digits::<4>(&mut out, 0, year as u32);
-    digits::<2>(&mut out, 5, t.month());
-    digits::<2>(&mut out, 8, t.day());
-    digits::<2>(&mut out, 11, t.hour());
-    digits::<2>(&mut out, 14, t.minute());
-    // A leap second is carried in the nanoseconds (≥ 1e9); chrono prints it as second 60.
-    let nanos = t.nanosecond();
-    digits::<2>(&mut out, 17, t.second() + nanos / 1_000_000_000);
-    let frac = nanos % 1_000_000_000;
-    // End of the seconds or of the fraction (whose '.' is already at 19).
-    let end = if frac == 0 {
-        19
-    } else if frac.is_multiple_of(1_000_000) {
-        digits::<3>(&mut out, 20, frac / 1_000_000);
-        23
-    } else if frac.is_multiple_of(1_000) {
-        digits::<6>(&mut out, 20, frac / 1_000);
-        26
-    } else {
-        digits::<9>(&mut out, 20, frac);
-        29
-    };
-    out[end..end + 6].copy_from_slice(b"+00:00");
-    Arc::from(std::str::from_utf8(&out[..end + 6]).expect("ASCII digits and separators"))
+}
+
+/// [`TimestampText`] as a shared slice, which the pool's SQLite driver binds
+/// as is (one allocation; a `String` would be wrapped in a second one).
+fn sqlite_timestamp(t: DateTime<Utc>) -> Arc<str> {
+    Arc::from(TimestampText::new(t).as_str())
 }
 
 /// Inserts `records` in [`ROW_CHUNKS`]-sized statements inside the driver
@@ -316,21 +334,28 @@ fn int_sum(col: row::Column) -> Expr {
 }
 
 impl Store {
-    /// Write a batch of spend records: multi-row `INSERT`s of 256, 128, …, 1
-    /// rows ([`ROW_CHUNKS`]) in one transaction, so at most nine distinct
-    /// statements exist and each stays in the driver's prepared-statement cache.
+    /// Write a batch of spend records in one transaction: all of them or,
+    /// on an error, none.
     ///
-    /// This is the one write that runs once per proxied request, so it talks
-    /// to the driver directly: going through sea-orm's `Value`s copies every
-    /// string twice more (about a third of the insert's CPU). No `RETURNING`:
-    /// on SQLite fetching ids streams one row per record back from the
-    /// database thread.
+    /// This is the one write that runs once per proxied request, so it skips
+    /// sea-orm, whose `Value`s copy every string twice more (about a third of
+    /// the insert's CPU). A SQLite file is written by its own thread and
+    /// connection ([`crate::spend_sqlite`]); PostgreSQL (and an in-memory
+    /// SQLite database) through the pool's driver, in multi-row `INSERT`s of
+    /// [`ROW_CHUNKS`] rows, so at most nine distinct statements exist and each
+    /// stays in the driver's prepared-statement cache. No `RETURNING`: on
+    /// SQLite fetching ids streams one row per record back from the database
+    /// thread.
     pub async fn insert_spend(&self, records: Vec<SpendRecord>) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
         match self.db.get_database_backend() {
             DbBackend::Sqlite => {
+                if let Some(writer) = self.spend_sqlite_writer().await? {
+                    return writer.insert(records).await;
+                }
+                // An in-memory database, which only the pool's connections can see.
                 // IMMEDIATE: take the write lock at BEGIN, where the busy timeout applies.
                 let txn = self.db.get_sqlite_connection_pool().begin_with("BEGIN IMMEDIATE").await?;
                 insert_in!(txn, records, sea_orm::sqlx::sqlite::SqliteArguments, false, sqlite_timestamp);
@@ -342,6 +367,22 @@ impl Store {
             other => return Err(sea_orm::DbErr::Custom(format!("spend logs are not supported on {other:?}")).into()),
         }
         Ok(())
+    }
+
+    /// The writer thread for this SQLite database's file, started on first
+    /// use; `None` for an in-memory database.
+    async fn spend_sqlite_writer(&self) -> Result<Option<&SqliteSpendWriter>> {
+        let writer = self
+            .spend_sqlite
+            .get_or_try_init(|| async {
+                // SQLite's own answer, whatever form the URL took (relative, URI, ...).
+                let sql = "SELECT file FROM pragma_database_list WHERE name = 'main'";
+                let row = self.db.query_one_raw(sea_orm::Statement::from_string(DbBackend::Sqlite, sql)).await?;
+                let file = row.map(|r| r.try_get::<String>("", "file")).transpose()?.unwrap_or_default();
+                Ok::<_, Error>((!file.is_empty()).then(|| SqliteSpendWriter::new(file.into())))
+            })
+            .await?;
+        Ok(writer.as_ref())
     }
 
     /// Totals grouped by model, provider or deployment within `[from, to)`.
