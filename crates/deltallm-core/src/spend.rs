@@ -123,7 +123,7 @@ pub struct SpendContext {
     call_type: &'static str,
     model: Arc<str>,
     stream: bool,
-    request_tags: String,
+    request_tags: std::borrow::Cow<'static, str>,
     start_time: chrono::DateTime<chrono::Utc>,
 }
 
@@ -135,12 +135,17 @@ impl SpendContext {
             call_type,
             model: Arc::from(model),
             stream,
-            request_tags: serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()),
+            request_tags: if tags.is_empty() {
+                "[]".into()
+            } else {
+                serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()).into()
+            },
             start_time: chrono::Utc::now(),
         }
     }
 
     fn base(&self, started: std::time::Instant) -> SpendRecord {
+        let elapsed = started.elapsed();
         SpendRecord {
             request_id: self.request_id.clone(),
             call_type: self.call_type,
@@ -150,9 +155,10 @@ impl SpendContext {
             request_tags: self.request_tags.clone(),
             metadata: "{}".into(),
             stream: self.stream,
-            latency_ms: started.elapsed().as_millis() as i64,
+            latency_ms: elapsed.as_millis() as i64,
             start_time: self.start_time,
-            end_time: chrono::Utc::now(),
+            // From the same clock reading as the latency, so the two agree.
+            end_time: self.start_time + chrono::TimeDelta::from_std(elapsed).unwrap_or_default(),
             ..SpendRecord::default()
         }
     }
@@ -200,7 +206,7 @@ impl SpendContext {
             characters: units.characters as i64,
             audio_seconds: units.seconds,
             unpriced_reason: cost.unpriced_reason,
-            metadata: route_metadata(route),
+            metadata: route_metadata(route).into(),
             status,
             http_status_code: http_status,
             error_type,
@@ -219,7 +225,7 @@ impl SpendContext {
         SpendRecord {
             deployment_id: route.map(|r| r.served.clone()),
             provider: provider.unwrap_or_else(unknown_provider),
-            metadata: route.map(|r| route_metadata(r)).unwrap_or_else(|| "{}".into()),
+            metadata: route.map_or_else(|| "{}".into(), |r| route_metadata(r).into()),
             status: "failure",
             http_status_code: i32::from(error.error.kind.status()),
             error_type: Some(error.error.kind.openai_type()),

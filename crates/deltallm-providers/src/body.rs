@@ -79,8 +79,12 @@ impl<'a> RequestBody<'a> {
         if first != Some(b'{') {
             return Err(Error::invalid(invalid_json_message(bytes)));
         }
+        // One UTF-8 check up front lets the parser borrow every string and
+        // raw value without checking each again (`from_slice` does).
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| Error::invalid(format!("Invalid JSON body: not valid UTF-8 at byte {}", e.valid_up_to())))?;
         let Fields(fields) =
-            serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("Invalid JSON body: {e}")))?;
+            serde_json::from_str(text).map_err(|e| Error::invalid(format!("Invalid JSON body: {e}")))?;
         Ok(Self { fields })
     }
 
@@ -224,6 +228,8 @@ mod tests {
             (b"{\"a\":", "Invalid JSON body"),
             (b"{nope}", "Invalid JSON body"),
             (b"[1,", "Invalid JSON body"),
+            (b"{\"model\":\"m\xff\"}", "not valid UTF-8 at byte 11"),
+            (b"{\"a\":1,\"a\":\"\xc3\"}", "not valid UTF-8 at byte 12"),
         ] {
             let err = RequestBody::parse(bytes).unwrap_err();
             assert_eq!(err.class, crate::ErrorClass::InvalidRequest);

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Expr, Func};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
@@ -58,10 +59,10 @@ pub struct SpendRecord {
     pub audio_seconds: f64,
     /// Why the cost is 0 when unpriced.
     pub unpriced_reason: Option<&'static str>,
-    /// `metadata.tags` of the request (JSON array text).
-    pub request_tags: String,
+    /// `metadata.tags` of the request (JSON array text; `[]` needs no allocation).
+    pub request_tags: Cow<'static, str>,
     /// Route decision and other metadata (JSON object text).
-    pub metadata: String,
+    pub metadata: Cow<'static, str>,
     /// `success`, `failure`, `client_disconnected`.
     pub status: &'static str,
     /// HTTP status returned to the client.

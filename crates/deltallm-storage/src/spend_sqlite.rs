@@ -169,8 +169,8 @@ fn bind_record(stmt: &mut Statement<'_>, at: usize, r: &SpendRecord) -> rusqlite
     stmt.raw_bind_parameter(at + 16, r.characters)?;
     stmt.raw_bind_parameter(at + 17, r.audio_seconds)?;
     stmt.raw_bind_parameter(at + 18, r.unpriced_reason)?;
-    stmt.raw_bind_parameter(at + 19, r.request_tags.as_str())?;
-    stmt.raw_bind_parameter(at + 20, r.metadata.as_str())?;
+    stmt.raw_bind_parameter(at + 19, &*r.request_tags)?;
+    stmt.raw_bind_parameter(at + 20, &*r.metadata)?;
     stmt.raw_bind_parameter(at + 21, r.status)?;
     stmt.raw_bind_parameter(at + 22, r.http_status_code)?;
     stmt.raw_bind_parameter(at + 23, r.error_type)?;
