@@ -63,10 +63,46 @@ impl From<WireUsage> for Usage {
 /// deserializing the body while ignoring its other fields costs; the body
 /// itself is forwarded as received, so it is not validated here.
 pub(crate) fn from_body(body: &[u8]) -> Option<Usage> {
+    if let Some(usage) = trailing_usage(body) {
+        return usage;
+    }
     let value = top_level_value(body, b"usage")?;
     let mut de = serde_json::Deserializer::from_slice(value);
     let usage: Option<WireUsage> = serde::Deserialize::deserialize(&mut de).ok()?;
     usage.map(Usage::from)
+}
+
+/// The common layout, decided from the end: OpenAI and compatible servers
+/// write `usage` as the body's last member. When the last `"usage"` in the
+/// body is an unescaped string (so, in valid JSON, a string token), followed
+/// by `:`, and its value is followed only by the `}` that ends the body, it
+/// is a member of the top-level object. `None` when that does not hold: the
+/// full scan of [`top_level_value`] decides then.
+fn trailing_usage(body: &[u8]) -> Option<Option<Usage>> {
+    static KEY: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
+    let at = KEY.rfind(body)?;
+    // An odd run of backslashes escapes the quote: then it sits inside a string.
+    let backslashes = body[..at].iter().rev().take_while(|b| **b == b'\\').count();
+    if backslashes % 2 == 1 {
+        return None;
+    }
+    let colon = skip_ws(body, at + b"\"usage\"".len());
+    if body.get(colon) != Some(&b':') {
+        return None;
+    }
+    let start = skip_ws(body, colon + 1);
+    let mut values = serde_json::Deserializer::from_slice(&body[start..]).into_iter::<Option<WireUsage>>();
+    let usage = values.next()?.ok()?;
+    let rest = &body[start + values.byte_offset()..];
+    (rest.trim_ascii() == b"}").then(|| usage.map(Usage::from))
+}
+
+fn skip_ws(body: &[u8], mut i: usize) -> usize {
+    while body.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
 }
 
 /// The bytes from the value of top-level member `key` of the JSON object
@@ -74,12 +110,7 @@ pub(crate) fn from_body(body: &[u8]) -> Option<Usage> {
 /// Nested objects with the same key and string values equal to it are
 /// skipped: a key is a string at depth 1 followed by `:`.
 pub(crate) fn top_level_value<'a>(body: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let skip_ws = |mut i: usize| {
-        while body.get(i).is_some_and(u8::is_ascii_whitespace) {
-            i += 1;
-        }
-        i
-    };
+    let skip_ws = |i: usize| skip_ws(body, i);
     let mut depth = 0usize;
     let mut i = 0;
     while i < body.len() {
@@ -172,6 +203,16 @@ mod tests {
         assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (2, 3, 5));
         assert_eq!(from_body(br#"{"choices":[{"usage":{"prompt_tokens":9}}]}"#), None);
         assert_eq!(from_body(br#"{"a":"\\","usage":{"prompt_tokens":1}}"#).map(|u| u.prompt_tokens), Some(1));
+        // A trailing `usage` inside a string, or a nested one closing the body,
+        // leaves the decision to the full scan.
+        assert_eq!(from_body(br#"{"a":"\"usage\":{\"prompt_tokens\":5}}"}"#), None);
+        assert_eq!(from_body(br#"{"a":{"usage":{"prompt_tokens":5}}}"#), None);
+        assert_eq!(from_body(br#"[{"usage":{"prompt_tokens":5}}]"#), None);
+        let after = br#"{"usage":{"prompt_tokens":6},"system_fingerprint":"usage"}"#;
+        assert_eq!(from_body(after).map(|u| u.prompt_tokens), Some(6));
+        let spaced = b"{\"id\":\"x\", \"usage\" :\n {\"prompt_tokens\":7} \n}\n";
+        assert_eq!(trailing_usage(spaced).flatten().map(|u| u.prompt_tokens), Some(7));
+        assert_eq!(trailing_usage(br#"{"usage":null}"#), Some(None));
         // Cut or malformed bodies give no usage rather than a panic.
         assert_eq!(from_body(br#"{"usage":{"prompt_tokens":1"#), None);
         assert_eq!(from_body(br#"{"x":"unterminated"#), None);
