@@ -157,7 +157,20 @@ impl KeyRing {
 /// Constant-time string equality (master key checks).
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    if a.len() != b.len() {
+        return false;
+    }
+    // Eight bytes per step: one masked compare per word instead of per byte
+    // (this runs on every authenticated request), still with no early exit.
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (a_words, a_tail) = a.split_at(a.len() - a.len() % 8);
+    let (b_words, b_tail) = b.split_at(a_words.len());
+    let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().expect("8-byte chunk"));
+    let words = a_words
+        .chunks_exact(8)
+        .zip(b_words.chunks_exact(8))
+        .fold(subtle::Choice::from(1), |acc, (x, y)| acc & word(x).ct_eq(&word(y)));
+    bool::from(words & a_tail.ct_eq(b_tail))
 }
 
 /// A fresh random secret of `bytes` bytes, hex encoded (generated keys).
@@ -206,5 +219,14 @@ mod tests {
         assert!(constant_time_eq("abc", "abc"));
         assert!(!constant_time_eq("abc", "abd"));
         assert!(!constant_time_eq("abc", "abcd"));
+        // Every position of a key longer than one word, in the words and the tail.
+        let key = "sk-0123456789abcdefghijklmnopqrstu";
+        assert!(constant_time_eq(key, key));
+        for i in 0..key.len() {
+            let mut other = key.as_bytes().to_vec();
+            other[i] ^= 1;
+            assert!(!constant_time_eq(key, std::str::from_utf8(&other).unwrap()), "byte {i}");
+        }
+        assert!(constant_time_eq("", ""));
     }
 }

@@ -6,9 +6,9 @@
 //! thousands of values whose copies no longer fit SQLite's small-allocation
 //! slots. Here one thread owns one connection and two prepared `INSERT`s
 //! (8 rows and 1), runs a whole batch in one transaction, and is woken once
-//! per batch.
-//! WAL lets the pool's connections read and write beside it; the busy timeout
-//! orders its writes with theirs.
+//! per batch. WAL lets the pool's connections read and write beside it; the
+//! busy timeout orders its writes with theirs, on this thread rather than on
+//! the async runtime.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
