@@ -210,3 +210,35 @@ on_both_backends!(streamed_completions_arrive_as_text_completion_chunks, |url: S
     assert_eq!(events[2], "data: [DONE]");
     app.stop().await;
 });
+
+on_both_backends!(transcription_uploads_follow_the_configured_body_limit, |url: String| async move {
+    // 3 MiB configured: above axum's own 2 MiB default, so an upload between
+    // the two shows which limit applies.
+    let up = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"text": "long"})))
+        .expect(1)
+        .mount(&up)
+        .await;
+    let mut settings = test_settings();
+    settings.max_request_body_bytes = 3 * 1024 * 1024;
+    let app = TestApp::start(&url, settings).await;
+    deploy(&app, "stt", "audio_transcription", &format!("{}/v1", up.uri()), json!({})).await;
+    let upload = |bytes: usize| {
+        let form = reqwest::multipart::Form::new().text("model", "stt").part(
+            "file",
+            reqwest::multipart::Part::bytes(vec![7u8; bytes]).file_name("a.wav").mime_str("audio/wav").unwrap(),
+        );
+        app.client.post(app.url("/v1/audio/transcriptions")).bearer_auth(MASTER_KEY).multipart(form).send()
+    };
+    let fits = upload(5 * 1024 * 1024 / 2).await.unwrap();
+    assert_eq!(fits.status(), 200, "2.5 MiB is under the configured limit");
+    let over = upload(7 * 1024 * 1024 / 2).await.unwrap();
+    let status = over.status();
+    let text = over.text().await.unwrap();
+    assert_eq!(status, 413, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    app.stop().await;
+});

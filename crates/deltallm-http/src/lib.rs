@@ -28,19 +28,15 @@ pub fn app(gateway: Gateway) -> Router {
     let admin = admin::routes()
         .merge(admin_credentials::routes())
         .merge(admin_route_groups::routes())
-        .layer(axum::middleware::map_response(admin_error_shape));
-    Router::new()
-        .merge(openai::routes())
-        .merge(admin)
-        .merge(health::routes())
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(gateway)
+        .layer(axum::middleware::map_response(admin_error_shape));
+    Router::new().merge(openai::routes(limit)).merge(admin).merge(health::routes()).with_state(gateway)
 }
 
 /// Only the OpenAI-compatible routes, for embedders that mount them in their own router.
 pub fn openai_routes(gateway: Gateway) -> Router {
     let limit = gateway.settings().max_request_body_bytes;
-    openai::routes().layer(DefaultBodyLimit::max(limit)).with_state(gateway)
+    openai::routes(limit).with_state(gateway)
 }
 
 /// axum rejects an oversized body with plain text before a handler runs;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use deltallm_core::proxy::{Endpoint, ProxyBody, ProxyError as CoreProxyError, ProxyResponse, RouteDecision};
@@ -19,7 +19,11 @@ use serde_json::json;
 use crate::auth::presented_key;
 use crate::error::ProxyError;
 
-pub fn routes() -> Router<Gateway> {
+/// `limit` is the request body limit. The JSON routes enforce it themselves
+/// while reading the body; only the multipart route needs axum's
+/// `DefaultBodyLimit` layer, whose boxed service and per-request extension
+/// the hot routes are spared.
+pub fn routes(limit: usize) -> Router<Gateway> {
     let mut r = Router::new()
         .route("/v1/models", get(list_models))
         .route("/models", get(list_models))
@@ -36,7 +40,11 @@ pub fn routes() -> Router<Gateway> {
         let handler = move |state: State<Gateway>, req: Request| proxy_json(state, endpoint, req);
         r = r.route(&format!("/v1{path}"), post(handler)).route(path, post(handler));
     }
-    r.route("/v1/audio/transcriptions", post(transcription)).route("/audio/transcriptions", post(transcription))
+    let multipart = Router::new()
+        .route("/v1/audio/transcriptions", post(transcription))
+        .route("/audio/transcriptions", post(transcription))
+        .layer(DefaultBodyLimit::max(limit));
+    r.merge(multipart)
 }
 
 /// RUN-2: callable targets visible to the caller, sorted.
@@ -242,6 +250,10 @@ async fn read_transcription(gw: &Gateway, req: Request) -> Result<(String, Vec<F
         let content_type = field.content_type().map(str::to_owned);
         let data = match field.bytes().await {
             Ok(d) => d,
+            // The limit can be reached inside a field as well as between fields.
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(too_large(gw.settings().max_request_body_bytes));
+            }
             Err(e) => return invalid(format!("Malformed multipart body: {}", e.body_text())),
         };
         let value = if file_name.is_some() {
