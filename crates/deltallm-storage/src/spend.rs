@@ -205,71 +205,79 @@ macro_rules! bind_record {
     }};
 }
 
-/// `t` exactly as the SQLite driver encodes a `DateTime<Utc>`
+/// Writes timestamps exactly as the SQLite driver encodes a `DateTime<Utc>`
 /// (`to_rfc3339_opts(AutoSi, false)`), so stored rows read back and compare
-/// the same, written digit by digit into a stack buffer: the formatting
-/// machinery cost more per record than the rest of the timestamp's way into
-/// the database.
-pub(crate) enum TimestampText {
-    /// Years 0 to 9999: the text and its length.
-    Inline([u8; 35], usize),
-    /// Other years (formatted by chrono).
-    Formatted(String),
+/// the same. The date and time of day are formatted once per second and
+/// reused (a batch's records mostly share their second); the fraction is
+/// written digit by digit. chrono's formatting machinery cost more per record
+/// than the rest of the timestamp's way into the database.
+#[derive(Debug, Default)]
+pub(crate) struct TimestampFormat {
+    /// The second (and leap flag) `prefix` was made for.
+    second: Option<(i64, bool)>,
+    /// `YYYY-MM-DDTHH:MM:SS` of that second.
+    prefix: String,
 }
 
-impl TimestampText {
-    pub(crate) fn new(t: DateTime<Utc>) -> Self {
+impl TimestampFormat {
+    /// `t` into `out` (cleared first).
+    pub(crate) fn write(&mut self, t: DateTime<Utc>, out: &mut String) {
         use chrono::{Datelike, Timelike};
-        /// `v` as `N` decimal digits at `out[at..at + N]`.
-        fn digits<const N: usize>(out: &mut [u8], at: usize, mut v: u32) {
-            for slot in out[at..at + N].iter_mut().rev() {
-                *slot = b'0' + (v % 10) as u8;
-                v /= 10;
+        out.clear();
+        if !(0..=9999).contains(&t.year()) {
+            out.push_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false));
+            return;
+        }
+        // A leap second is carried in the nanoseconds (≥ 1e9); chrono prints it
+        // as second 60 of the same minute, which has the same timestamp as :59.
+        let nanos = t.nanosecond();
+        let key = (t.timestamp(), nanos >= 1_000_000_000);
+        if self.second != Some(key) {
+            self.prefix.clear();
+            push_digits(&mut self.prefix, t.year() as u32, 4);
+            self.prefix.push('-');
+            push_digits(&mut self.prefix, t.month(), 2);
+            self.prefix.push('-');
+            push_digits(&mut self.prefix, t.day(), 2);
+            self.prefix.push('T');
+            push_digits(&mut self.prefix, t.hour(), 2);
+            self.prefix.push(':');
+            push_digits(&mut self.prefix, t.minute(), 2);
+            self.prefix.push(':');
+            push_digits(&mut self.prefix, t.second() + nanos / 1_000_000_000, 2);
+            self.second = Some(key);
+        }
+        out.push_str(&self.prefix);
+        let frac = nanos % 1_000_000_000;
+        if frac != 0 {
+            out.push('.');
+            if frac.is_multiple_of(1_000_000) {
+                push_digits(out, frac / 1_000_000, 3);
+            } else if frac.is_multiple_of(1_000) {
+                push_digits(out, frac / 1_000, 6);
+            } else {
+                push_digits(out, frac, 9);
             }
         }
-        let year = t.year();
-        if !(0..=9999).contains(&year) {
-            return Self::Formatted(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false));
-        }
-        let mut out = *b"0000-00-00T00:00:00.000000000+00:00";
-        digits::<4>(&mut out, 0, year as u32);
-        digits::<2>(&mut out, 5, t.month());
-        digits::<2>(&mut out, 8, t.day());
-        digits::<2>(&mut out, 11, t.hour());
-        digits::<2>(&mut out, 14, t.minute());
-        // A leap second is carried in the nanoseconds (≥ 1e9); chrono prints it as second 60.
-        let nanos = t.nanosecond();
-        digits::<2>(&mut out, 17, t.second() + nanos / 1_000_000_000);
-        let frac = nanos % 1_000_000_000;
-        // End of the seconds or of the fraction (whose '.' is already at 19).
-        let end = if frac == 0 {
-            19
-        } else if frac.is_multiple_of(1_000_000) {
-            digits::<3>(&mut out, 20, frac / 1_000_000);
-            23
-        } else if frac.is_multiple_of(1_000) {
-            digits::<6>(&mut out, 20, frac / 1_000);
-            26
-        } else {
-            digits::<9>(&mut out, 20, frac);
-            29
-        };
-        out[end..end + 6].copy_from_slice(b"+00:00");
-        Self::Inline(out, end + 6)
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        match self {
-            Self::Inline(out, len) => std::str::from_utf8(&out[..*len]).expect("ASCII digits and separators"),
-            Self::Formatted(s) => s,
-        }
+        out.push_str("+00:00");
     }
 }
 
-/// [`TimestampText`] as a shared slice, which the pool's SQLite driver binds
-/// as is (one allocation; a `String` would be wrapped in a second one).
+/// `v` as exactly `n` decimal digits (zero-padded; `v` < 10^n).
+fn push_digits(out: &mut String, v: u32, n: u32) {
+    let mut scale = 10u32.pow(n - 1);
+    while scale > 0 {
+        out.push(char::from(b'0' + ((v / scale) % 10) as u8));
+        scale /= 10;
+    }
+}
+
+/// A timestamp as a shared slice, which the pool's SQLite driver binds as is
+/// (one allocation; a `String` would be wrapped in a second one).
 fn sqlite_timestamp(t: DateTime<Utc>) -> Arc<str> {
-    Arc::from(TimestampText::new(t).as_str())
+    let mut out = String::with_capacity(35);
+    TimestampFormat::default().write(t, &mut out);
+    Arc::from(out)
 }
 
 /// Inserts `records` in [`ROW_CHUNKS`]-sized statements inside the driver
@@ -445,5 +453,30 @@ mod tests {
         }
         let now = Utc::now();
         assert_eq!(&*sqlite_timestamp(now), now.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false));
+    }
+
+    #[test]
+    fn one_formatter_reused_across_seconds_and_a_leap_second() {
+        let base = Utc.with_ymd_and_hms(2016, 12, 31, 23, 59, 58).unwrap();
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .unwrap()
+            .and_utc();
+        let times = [
+            base,
+            base + chrono::Duration::milliseconds(250),
+            base + chrono::Duration::nanoseconds(1_999_999_999),
+            leap,
+            base + chrono::Duration::seconds(1),
+            base + chrono::Duration::seconds(2),
+            base + chrono::Duration::microseconds(2_000_001),
+            Utc.with_ymd_and_hms(1999, 1, 2, 3, 4, 5).unwrap(),
+        ];
+        let mut format = TimestampFormat::default();
+        let mut out = String::new();
+        for t in times {
+            format.write(t, &mut out);
+            assert_eq!(out, t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false));
+        }
     }
 }

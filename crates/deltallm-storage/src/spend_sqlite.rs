@@ -18,7 +18,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Statement};
 use tokio::sync::oneshot;
 
-use crate::spend::{SPEND_COLUMNS, SpendRecord, TimestampText};
+use crate::spend::{SPEND_COLUMNS, SpendRecord, TimestampFormat};
 use crate::{Error, Result};
 
 /// How long a batch waits for another connection's write lock.
@@ -117,10 +117,11 @@ fn write_batch(conn: &Connection, stmts: &mut [Statement<'_>], records: &[SpendR
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let mut inserted = Ok(());
     let mut rest = records;
+    let mut time = TimeText::default();
     for (rows, stmt) in ROWS_PER_STATEMENT.iter().zip(stmts.iter_mut()) {
         while rest.len() >= *rows && inserted.is_ok() {
             let (now, later) = rest.split_at(*rows);
-            inserted = insert_rows(stmt, now);
+            inserted = insert_rows(stmt, now, &mut time);
             rest = later;
         }
     }
@@ -139,18 +140,31 @@ fn write_batch(conn: &Connection, stmts: &mut [Statement<'_>], records: &[SpendR
     }
 }
 
+/// Timestamp text for binding: SQLite copies a bound text at once, so one
+/// buffer serves every timestamp of a batch.
+#[derive(Default)]
+struct TimeText {
+    format: TimestampFormat,
+    buf: String,
+}
+
+impl TimeText {
+    fn text(&mut self, t: chrono::DateTime<chrono::Utc>) -> &str {
+        self.format.write(t, &mut self.buf);
+        &self.buf
+    }
+}
+
 /// Binds `records` (as many as the statement has rows) and runs the insert.
-fn insert_rows(stmt: &mut Statement<'_>, records: &[SpendRecord]) -> rusqlite::Result<()> {
+fn insert_rows(stmt: &mut Statement<'_>, records: &[SpendRecord], time: &mut TimeText) -> rusqlite::Result<()> {
     for (row, r) in records.iter().enumerate() {
-        bind_record(stmt, row * SPEND_COLUMNS.len(), r)?;
+        bind_record(stmt, row * SPEND_COLUMNS.len(), r, time)?;
     }
     stmt.raw_execute().map(drop)
 }
 
 /// Binds one record in [`SPEND_COLUMNS`] order after parameter `at`.
-fn bind_record(stmt: &mut Statement<'_>, at: usize, r: &SpendRecord) -> rusqlite::Result<()> {
-    let start = TimestampText::new(r.start_time);
-    let end = TimestampText::new(r.end_time);
+fn bind_record(stmt: &mut Statement<'_>, at: usize, r: &SpendRecord, time: &mut TimeText) -> rusqlite::Result<()> {
     stmt.raw_bind_parameter(at + 1, r.request_id.as_str())?;
     stmt.raw_bind_parameter(at + 2, r.call_type)?;
     stmt.raw_bind_parameter(at + 3, &*r.model)?;
@@ -176,8 +190,8 @@ fn bind_record(stmt: &mut Statement<'_>, at: usize, r: &SpendRecord) -> rusqlite
     stmt.raw_bind_parameter(at + 23, r.error_type)?;
     stmt.raw_bind_parameter(at + 24, r.stream)?;
     stmt.raw_bind_parameter(at + 25, r.latency_ms)?;
-    stmt.raw_bind_parameter(at + 26, start.as_str())?;
-    stmt.raw_bind_parameter(at + 27, end.as_str())
+    stmt.raw_bind_parameter(at + 26, time.text(r.start_time))?;
+    stmt.raw_bind_parameter(at + 27, time.text(r.end_time))
 }
 
 /// Rows per prepared statement, largest first; a batch is split into these.
