@@ -234,28 +234,26 @@ async fn read_transcription(gw: &Gateway, req: Request) -> Result<(String, Vec<F
             return invalid(format!("Expected a multipart/form-data body: {}", e.body_text()));
         }
     };
+    // The limit can be reached between fields or inside one.
+    let malformed = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large(gw.settings().max_request_body_bytes)
+        } else {
+            ProxyError(Error::invalid(format!("Malformed multipart body: {}", e.body_text())))
+        }
+    };
     let mut fields = Vec::new();
     let mut model = None;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(too_large(gw.settings().max_request_body_bytes));
-            }
-            Err(e) => return invalid(format!("Malformed multipart body: {}", e.body_text())),
+            Err(e) => return Err(malformed(e)),
         };
         let name = field.name().unwrap_or_default().to_owned();
         let file_name = field.file_name().map(str::to_owned);
         let content_type = field.content_type().map(str::to_owned);
-        let data = match field.bytes().await {
-            Ok(d) => d,
-            // The limit can be reached inside a field as well as between fields.
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(too_large(gw.settings().max_request_body_bytes));
-            }
-            Err(e) => return invalid(format!("Malformed multipart body: {}", e.body_text())),
-        };
+        let data = field.bytes().await.map_err(malformed)?;
         let value = if file_name.is_some() {
             FormValue::File { file_name, content_type, data }
         } else {
