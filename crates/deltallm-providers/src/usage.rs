@@ -110,7 +110,6 @@ fn skip_ws(body: &[u8], mut i: usize) -> usize {
 /// Nested objects with the same key and string values equal to it are
 /// skipped: a key is a string at depth 1 followed by `:`.
 pub(crate) fn top_level_value<'a>(body: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let skip_ws = |i: usize| skip_ws(body, i);
     let mut depth = 0usize;
     let mut i = 0;
     while i < body.len() {
@@ -128,9 +127,9 @@ pub(crate) fn top_level_value<'a>(body: &'a [u8], key: &[u8]) -> Option<&'a [u8]
                 }
                 i = end + 1;
                 if depth == 1 && &body[start..end] == key {
-                    let colon = skip_ws(i);
+                    let colon = skip_ws(body, i);
                     if body.get(colon) == Some(&b':') {
-                        return Some(&body[skip_ws(colon + 1)..]);
+                        return Some(&body[skip_ws(body, colon + 1)..]);
                     }
                 }
             }
