@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use deltallm_e2e::on_both_backends;
 use deltallm_migration::{Migrator, MigratorTrait};
 use deltallm_secrets::{Key, KeyRing};
 use deltallm_storage::{SpendGroupBy, SpendRecord, Store};
@@ -94,3 +95,139 @@ async fn an_in_memory_database_records_spend_through_the_pool() {
     store.insert_spend(records("mem", 19)).await.unwrap();
     assert_eq!(requests(&store).await, 19);
 }
+
+/// Records whose fields change in every pattern the writer's statements can
+/// meet: a value repeated in the same row position, changed, switched
+/// between `NULL` and text and back, and both sides of every counter.
+fn varied(batch: usize, n: usize) -> Vec<SpendRecord> {
+    let start = Utc::now() - chrono::TimeDelta::seconds(5);
+    (0..n)
+        .map(|i| {
+            let k = batch * 1000 + i;
+            let start_time = start + chrono::TimeDelta::microseconds(k as i64 * 1237);
+            SpendRecord {
+                request_id: format!("v-{batch}-{i}"),
+                call_type: ["chat_completion", "embedding", "rerank"][k % 3],
+                model: ["m-a", "m-b", "m-a", "a much longer model name than the others"][k % 4].into(),
+                deployment_id: (!k.is_multiple_of(5)).then(|| format!("d-{}", k % 3).into()),
+                deployment_model: (k % 7 != 3).then(|| "upstream".into()),
+                provider: ["vllm", "openai"][(k / 3) % 2].into(),
+                api_base: k.is_multiple_of(2).then(|| "http://127.0.0.1:1/v1".into()),
+                spend: [0.0, 0.25, 2.5, 1e-9][k % 4],
+                provider_cost: (k % 9) as f64 / 8.0,
+                billing_unit: ["token", "image", "character"][(k / 2) % 3],
+                prompt_tokens: (k % 6) as i64,
+                completion_tokens: (k % 4) as i64 * 10,
+                total_tokens: (k % 6 + k % 4 * 10) as i64,
+                prompt_tokens_cached: k.is_multiple_of(11) as i64,
+                images: k.is_multiple_of(13) as i64 * 2,
+                characters: (k % 8) as i64 * 100,
+                audio_seconds: (k % 5) as f64 / 2.0,
+                unpriced_reason: (k % 4 == 1).then_some("no token prices configured for the deployment"),
+                request_tags: if k.is_multiple_of(3) { "[]".into() } else { format!("[\"t{}\"]", k % 2).into() },
+                metadata: if k.is_multiple_of(10) { "{}".into() } else { format!("{{\"attempts\":{}}}", k % 3).into() },
+                status: ["success", "failure", "client_disconnected"][(k / 4) % 3],
+                http_status_code: [200, 502, 499][(k / 4) % 3],
+                error_type: ((k / 4) % 3 == 1).then_some("api_error"),
+                stream: k % 3 == 1,
+                latency_ms: (k % 17) as i64,
+                start_time,
+                end_time: start_time + chrono::TimeDelta::milliseconds((k % 17) as i64),
+            }
+        })
+        .collect()
+}
+
+/// Every field of the row as written, for comparison with what was read back.
+fn written(r: &SpendRecord) -> String {
+    format!(
+        "{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}|{}|{:?}|{}|{}|{}|{}",
+        r.request_id,
+        r.call_type,
+        r.model,
+        r.deployment_id.as_deref(),
+        r.deployment_model.as_deref(),
+        r.provider,
+        r.api_base.as_deref(),
+        r.spend,
+        r.provider_cost,
+        r.billing_unit,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.total_tokens,
+        r.prompt_tokens_cached,
+        r.images,
+        r.characters,
+        r.audio_seconds,
+        r.unpriced_reason,
+        r.request_tags,
+        r.metadata,
+        r.status,
+        r.http_status_code,
+        r.error_type,
+        r.stream,
+        r.latency_ms,
+        r.start_time.timestamp_micros(),
+        r.end_time.timestamp_micros(),
+    )
+}
+
+fn read_back(r: &deltallm_storage::entity::spend_log::Model) -> String {
+    format!(
+        "{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}|{}|{:?}|{}|{}|{}|{}",
+        r.request_id,
+        r.call_type,
+        r.model,
+        r.deployment_id.as_deref(),
+        r.deployment_model.as_deref(),
+        r.provider,
+        r.api_base.as_deref(),
+        r.spend,
+        r.provider_cost,
+        r.billing_unit,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.total_tokens,
+        r.prompt_tokens_cached,
+        r.images,
+        r.characters,
+        r.audio_seconds,
+        r.unpriced_reason.as_deref(),
+        r.request_tags,
+        r.metadata,
+        r.status,
+        r.http_status_code,
+        r.error_type.as_deref(),
+        r.stream,
+        r.latency_ms,
+        r.start_time.timestamp_micros(),
+        r.end_time.timestamp_micros(),
+    )
+}
+
+/// Batches of 37, 8, 1 and 53 records (every statement size, reused with
+/// other values in each position) read back field for field.
+async fn every_field_reads_back(store: &Store) {
+    let mut all = Vec::new();
+    for (batch, n) in [37, 8, 1, 53].into_iter().enumerate() {
+        let records = varied(batch, n);
+        all.extend(records.iter().map(written));
+        store.insert_spend(records).await.unwrap();
+    }
+    let mut rows: Vec<String> = store.recent_spend(1000).await.unwrap().iter().map(read_back).collect();
+    rows.reverse();
+    assert_eq!(rows.len(), all.len());
+    for (got, want) in rows.iter().zip(&all) {
+        assert_eq!(got, want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_of_every_record_reads_back_from_an_in_memory_database() {
+    every_field_reads_back(&store("sqlite::memory:").await).await;
+}
+
+// The database file's own writer thread (SQLite) and the pool's driver (PostgreSQL).
+on_both_backends!(every_field_of_every_record_reads_back, |url: String| async move {
+    every_field_reads_back(&store(&url).await).await;
+});
