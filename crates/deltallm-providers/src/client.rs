@@ -199,10 +199,14 @@ impl Providers {
                     .authorize(self.client.post(url.clone()))?
                     .header(CONTENT_TYPE, "application/json")
                     .body(payload);
+                // Boxed: reqwest's futures are several times the size of the
+                // direct client's, and every future this one is awaited in
+                // (up to the server's per-request task) would carry and move
+                // that size on every request, on either path.
                 if stream {
-                    return self.stream(conn, request, wire, deadline).await;
+                    return Box::pin(self.stream(conn, request, wire, deadline)).await;
                 }
-                self.unary(conn, request, deadline).await?
+                Box::pin(self.unary(conn, request, deadline)).await?
             }
         };
         match wire {
