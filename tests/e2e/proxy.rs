@@ -96,6 +96,13 @@ on_both_backends!(chat_is_forwarded_and_spend_recorded, |url: String| async move
     assert_eq!(by_provider["data"][0]["key"], "openai");
     let (s, _) = app.get("/ui/api/spend/summary?group_by=colour").await;
     assert_eq!(s, 400);
+    // SPEND-3: the record carries the route decision.
+    let record = &app.gateway.store().recent_spend(1).await.unwrap()[0];
+    assert_eq!(
+        serde_json::from_str::<Value>(&record.metadata).unwrap(),
+        json!({"route_group": "gpt", "route_strategy": "simple-shuffle", "selected_deployment": "gpt-a",
+               "served_deployment": "gpt-a", "fallback_used": false, "attempts": 1, "route_policy_version": null})
+    );
     app.stop().await;
 });
 
@@ -280,6 +287,30 @@ on_both_backends!(a_failing_deployment_fails_over_and_cools_down, |url: String| 
     let (_, one) = app.get("/ui/api/models/grp-bad").await;
     assert_eq!(one["health"]["in_cooldown"], true);
     assert_eq!(one["healthy"], false);
+
+    // Each record's metadata is its own request's decision: first tries and
+    // failovers side by side in the same entry.
+    app.gateway.flush_spend().await;
+    let records = app.gateway.store().recent_spend(100).await.unwrap();
+    assert_eq!(records.len(), 20);
+    let (mut first_tries, mut failovers) = (0, 0);
+    for r in &records {
+        let m: Value = serde_json::from_str(&r.metadata).unwrap();
+        assert_eq!(
+            (m["route_group"].as_str(), m["served_deployment"].as_str()),
+            (Some("grp"), Some("grp-good")),
+            "{m}"
+        );
+        if m["selected_deployment"] == "grp-bad" {
+            failovers += 1;
+            assert_eq!(m["fallback_used"], true, "{m}");
+            assert!(m["attempts"].as_u64().unwrap() >= 2, "{m}");
+        } else {
+            first_tries += 1;
+            assert_eq!((m["fallback_used"].as_bool(), m["attempts"].as_u64()), (Some(false), Some(1)), "{m}");
+        }
+    }
+    assert!(failovers >= 1 && first_tries >= 1, "{failovers} failovers, {first_tries} first tries");
     app.stop().await;
 });
 

@@ -111,6 +111,10 @@ pub struct RouteDecision {
     pub attempts: u32,
     /// Published route-group policy version in force, if any (RUN-15).
     pub policy_version: Option<u32>,
+    /// The decision as `spend_logs.metadata` JSON (SPEND-3). For a request
+    /// served by its first pick on the first attempt this is the entry's
+    /// text, written once when the registry was built.
+    pub spend_metadata: Arc<str>,
 }
 
 /// What the HTTP layer sends back.
@@ -588,15 +592,20 @@ struct Run<'g> {
 
 impl Run<'_> {
     fn decision(&self, served: &Arc<str>) -> RouteDecision {
-        RouteDecision {
+        let fallback_used = served != &self.selected;
+        let first_try = (self.attempts == 1 && !fallback_used).then(|| self.entry.first_try_metadata(served)).flatten();
+        let mut decision = RouteDecision {
             group: self.entry.key.clone(),
             strategy: self.strategy,
             selected: self.selected.clone(),
             served: served.clone(),
-            fallback_used: served != &self.selected,
+            fallback_used,
             attempts: self.attempts,
             policy_version: self.entry.routing.policy_version,
-        }
+            spend_metadata: crate::spend::empty_metadata(),
+        };
+        decision.spend_metadata = first_try.unwrap_or_else(|| crate::spend::route_metadata(&decision).into());
+        decision
     }
 
     fn fail(&self, error: Error, served: &Arc<str>) -> ProxyError {

@@ -93,9 +93,46 @@ pub struct Entry {
     pub members: Vec<Member<ResolvedDeployment>>,
     /// Strategy, retries and timeouts.
     pub routing: EntryRouting,
+    /// Per member (same order): the spend metadata of a request it serves
+    /// as the first pick on the first attempt, the usual case.
+    first_try_metadata: Vec<Arc<str>>,
 }
 
 impl Entry {
+    fn new(
+        key: Arc<str>,
+        kind: TargetKind,
+        mode: Mode,
+        members: Vec<Member<ResolvedDeployment>>,
+        routing: EntryRouting,
+    ) -> Self {
+        let first_try_metadata = members
+            .iter()
+            .map(|m| {
+                let id = &m.meta.deployment_id;
+                let decision = crate::proxy::RouteDecision {
+                    group: key.clone(),
+                    strategy: routing.strategy,
+                    selected: id.clone(),
+                    served: id.clone(),
+                    fallback_used: false,
+                    attempts: 1,
+                    policy_version: routing.policy_version,
+                    spend_metadata: crate::spend::empty_metadata(),
+                };
+                Arc::from(crate::spend::route_metadata(&decision))
+            })
+            .collect();
+        Self { key, kind, mode, members, routing, first_try_metadata }
+    }
+
+    /// The precomputed first-try spend metadata of the member `deployment_id`
+    /// (the member's own id, compared by identity), if it is one of this entry's.
+    pub(crate) fn first_try_metadata(&self, deployment_id: &Arc<str>) -> Option<Arc<str>> {
+        let i = self.members.iter().position(|m| Arc::ptr_eq(&m.meta.deployment_id, deployment_id))?;
+        self.first_try_metadata.get(i).cloned()
+    }
+
     /// Workload mode of the target.
     pub fn mode(&self) -> Mode {
         self.mode
@@ -267,7 +304,7 @@ pub fn build_with_route_groups(
     for key in order {
         let list = members.remove(&key).unwrap_or_default();
         let mode = list.first().map_or(Mode::Chat, |m| m.target.mode);
-        let entry = Entry { key: key.clone(), kind: TargetKind::Model, mode, members: list, routing: global.clone() };
+        let entry = Entry::new(key.clone(), TargetKind::Model, mode, list, global.clone());
         registry.entries.insert(key, Arc::new(entry));
     }
     add_route_groups(&mut registry, route_groups, &global);
@@ -336,7 +373,7 @@ fn add_route_groups(registry: &mut Registry, snapshot: &RouteGroupSnapshot, glob
             policy_version: policy.as_ref().map(|(v, _)| *v),
         };
         let key: Arc<str> = Arc::from(group.group_key.as_str());
-        let entry = Entry { key: key.clone(), kind: TargetKind::RouteGroup, mode: group.mode, members: list, routing };
+        let entry = Entry::new(key.clone(), TargetKind::RouteGroup, group.mode, list, routing);
         registry.entries.insert(key, Arc::new(entry));
     }
 }

@@ -153,7 +153,7 @@ impl SpendContext {
             provider: unknown_provider(),
             billing_unit: "token",
             request_tags: self.request_tags.clone(),
-            metadata: "{}".into(),
+            metadata: empty_metadata(),
             stream: self.stream,
             latency_ms: elapsed.as_millis() as i64,
             start_time: self.start_time,
@@ -206,7 +206,7 @@ impl SpendContext {
             characters: units.characters as i64,
             audio_seconds: units.seconds,
             unpriced_reason: cost.unpriced_reason,
-            metadata: route_metadata(route).into(),
+            metadata: route.spend_metadata.clone(),
             status,
             http_status_code: http_status,
             error_type,
@@ -225,7 +225,7 @@ impl SpendContext {
         SpendRecord {
             deployment_id: route.map(|r| r.served.clone()),
             provider: provider.unwrap_or_else(unknown_provider),
-            metadata: route.map_or_else(|| "{}".into(), |r| route_metadata(r).into()),
+            metadata: route.map_or_else(empty_metadata, |r| r.spend_metadata.clone()),
             status: "failure",
             http_status_code: i32::from(error.error.kind.status()),
             error_type: Some(error.error.kind.openai_type()),
@@ -240,10 +240,18 @@ fn unknown_provider() -> Arc<str> {
     UNKNOWN.clone()
 }
 
-/// The route decision as stored in `spend_logs.metadata`: written by hand
-/// into one right-sized string (it is built for every request; the serde
-/// serializer cost several times more for the same bytes).
-fn route_metadata(route: &crate::proxy::RouteDecision) -> String {
+/// `{}`: the metadata of a record that never reached routing.
+pub(crate) fn empty_metadata() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("{}"));
+    EMPTY.clone()
+}
+
+/// The route decision as stored in `spend_logs.metadata`, written by hand
+/// into one right-sized string (the serde serializer cost several times more
+/// for the same bytes). The registry writes each entry's first-try decisions
+/// once ([`crate::registry::Entry::first_try_metadata`]); only retries and
+/// fallbacks write theirs per request.
+pub(crate) fn route_metadata(route: &crate::proxy::RouteDecision) -> String {
     let mut out = String::with_capacity(192 + route.group.len() + route.selected.len() + route.served.len());
     out.push_str("{\"route_group\":");
     push_json_str(&mut out, &route.group);
@@ -304,6 +312,7 @@ mod tests {
             fallback_used: true,
             attempts: 2,
             policy_version: None,
+            spend_metadata: empty_metadata(),
         };
         let v: serde_json::Value = serde_json::from_str(&route_metadata(&route)).unwrap();
         assert_eq!(

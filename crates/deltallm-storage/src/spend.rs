@@ -61,8 +61,9 @@ pub struct SpendRecord {
     pub unpriced_reason: Option<&'static str>,
     /// `metadata.tags` of the request (JSON array text; `[]` needs no allocation).
     pub request_tags: Cow<'static, str>,
-    /// Route decision and other metadata (JSON object text).
-    pub metadata: Cow<'static, str>,
+    /// Route decision and other metadata (JSON object text; usually the
+    /// text the registry wrote once for the route, shared).
+    pub metadata: Arc<str>,
     /// `success`, `failure`, `client_disconnected`.
     pub status: &'static str,
     /// HTTP status returned to the client.
