@@ -4,14 +4,16 @@
 //! so clients never mistake a truncated answer for a complete one. Dropping
 //! the body (client gone) drops the upstream stream, which cancels the call.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use deltallm_providers::{ChatStream, StreamUsage};
 use deltallm_router::UnixMs;
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use futures_util::{FutureExt, StreamExt};
 
 use crate::Gateway;
 use crate::pricing::Units;
@@ -154,26 +156,42 @@ pub(crate) fn framed(
 ) -> BoxStream<'static, Bytes> {
     let usage = upstream.usage();
     let state = State { gateway, first: Some(first), upstream, usage, deployment, spend: Some(spend), route, started };
-    futures_util::stream::unfold(Some(state), move |state| async move {
-        let mut state = state?;
-        // Sized for a few events: growing from empty reallocated per frame.
-        let mut out = BytesMut::with_capacity(FRAME_BUFFER);
+    Frames { state, map, ended: false }.boxed()
+}
+
+/// The framed body, polled in place (a stream built with `unfold` moved the
+/// whole state into and out of a new future for every frame).
+struct Frames {
+    state: State,
+    map: Option<ChunkMap>,
+    ended: bool,
+}
+
+impl futures_util::Stream for Frames {
+    type Item = Bytes;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let state = &mut this.state;
         let first = match state.first.take() {
             Some(first) => Some(Ok(first)),
-            None => state.upstream.next().await,
+            None => match state.upstream.poll_next_unpin(cx) {
+                Poll::Ready(item) => item,
+                Poll::Pending => return Poll::Pending,
+            },
         };
-        if state.push(&mut out, first, map) {
-            return Some((out.freeze(), None));
-        }
+        // Sized for a few events: growing from empty reallocated per frame.
+        let mut out = BytesMut::with_capacity(FRAME_BUFFER);
+        this.ended = state.push(&mut out, first, this.map);
         // Events the upstream already delivered go out in the same body frame:
         // one write instead of one per event, and never a wait for more.
-        while out.len() < COALESCE_LIMIT {
-            let Some(next) = state.upstream.next().now_or_never() else { break };
-            if state.push(&mut out, next, map) {
-                return Some((out.freeze(), None));
-            }
+        while !this.ended && out.len() < COALESCE_LIMIT {
+            let Poll::Ready(next) = state.upstream.poll_next_unpin(cx) else { break };
+            this.ended = state.push(&mut out, next, this.map);
         }
-        Some((out.freeze(), Some(state)))
-    })
-    .boxed()
+        Poll::Ready(Some(out.freeze()))
+    }
 }

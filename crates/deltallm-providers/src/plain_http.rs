@@ -34,11 +34,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::stream::{self, BoxStream, StreamExt};
+use futures_util::stream::{BoxStream, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 
 use crate::error::{Error, Result};
 
@@ -277,13 +278,40 @@ async fn write_all(stream: &TcpStream, parts: &Parts<'_>) -> io::Result<()> {
 /// system call, and the next read waits for the poller instead of trying a
 /// read that would fail with `EAGAIN`.
 async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, expected: usize) -> io::Result<usize> {
+    make_room(buf, expected);
+    stream.read_buf(buf).await
+}
+
+/// Room in `buf` for the next read (see [`read_more`]).
+fn make_room(buf: &mut BytesMut, expected: usize) {
     let spare = buf.capacity() - buf.len();
     if expected > spare {
         buf.reserve(expected.min(MAX_PRESIZE));
     } else if spare < 1024 {
         buf.reserve(READ_CHUNK);
     }
-    stream.read_buf(buf).await
+}
+
+/// A body as a stream of pieces, polled in place (a stream built with
+/// `unfold` moved the body into and out of a new future for every piece).
+/// Nothing follows its end or an error.
+struct BodyStream {
+    body: Body,
+    ended: bool,
+}
+
+impl futures_util::Stream for BodyStream {
+    type Item = Result<Bytes>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let piece = std::task::ready!(this.body.poll_piece(cx));
+        this.ended = !matches!(piece, Ok(Some(_)));
+        Poll::Ready(piece.transpose())
+    }
 }
 
 fn io_error(e: io::Error) -> Error {
@@ -443,12 +471,18 @@ pub(crate) struct Body {
 impl Body {
     /// The next piece of the body, `None` at its end.
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>> {
+        std::future::poll_fn(|cx| self.poll_piece(cx)).await
+    }
+
+    /// [`Body::next`] for a poller, so that a stream of the body can be
+    /// polled in place.
+    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>>> {
         loop {
             let want = match self.step()? {
-                Step::Data(data) => return Ok(Some(data)),
+                Step::Data(data) => return Poll::Ready(Ok(Some(data))),
                 Step::End => {
                     self.finish();
-                    return Ok(None);
+                    return Poll::Ready(Ok(None));
                 }
                 Step::NeedMore => match self.framing {
                     Framing::Length(rest) => usize::try_from(rest).unwrap_or(usize::MAX),
@@ -456,18 +490,20 @@ impl Body {
                 },
             };
             // Only a failed read leaves the body unfinished without its connection.
-            let Some(stream) = self.stream.as_mut() else { return Err(closed_early()) };
-            let read = read_more(stream, &mut self.buf, want).await.map_err(io_error)?;
+            let Some(stream) = self.stream.as_mut() else { return Poll::Ready(Err(closed_early())) };
+            make_room(&mut self.buf, want);
+            let read =
+                std::task::ready!(poll_read_buf(std::pin::Pin::new(stream), cx, &mut self.buf)).map_err(io_error)?;
             self.oversized |= self.buf.capacity() > KEEP_BUFFER;
             if read == 0 {
                 if matches!(self.framing, Framing::Eof) {
                     self.keep_alive = false;
                     self.framing = Framing::Done;
                     self.stream = None;
-                    return Ok(None);
+                    return Poll::Ready(Ok(None));
                 }
                 self.stream = None;
-                return Err(closed_early());
+                return Poll::Ready(Err(closed_early()));
             }
         }
     }
@@ -499,7 +535,7 @@ impl Body {
 
     /// The body as a stream of pieces.
     pub(crate) fn into_stream(self) -> BoxStream<'static, Result<Bytes>> {
-        stream::try_unfold(self, |mut body| async move { Ok(body.next().await?.map(|data| (data, body))) }).boxed()
+        BodyStream { body: self, ended: false }.boxed()
     }
 
     /// Take the next piece out of what is buffered.

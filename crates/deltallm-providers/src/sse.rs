@@ -111,7 +111,7 @@ pub(crate) enum Step {
 }
 
 /// Turns upstream SSE lines into OpenAI chunk payloads.
-pub(crate) trait Translate: Send + 'static {
+pub(crate) trait Translate: Send + Unpin + 'static {
     fn line(&mut self, line: Bytes) -> Step;
     /// Usage seen so far (the last one reported wins).
     fn usage(&self) -> Option<Usage>;
@@ -228,15 +228,17 @@ impl ChatStream {
         idle_timeout: Duration,
     ) -> Self {
         let usage = StreamUsage::default();
-        let state = State {
+        let events = Events {
             body,
             translator,
             splitter: LineSplitter::default(),
             idle_timeout,
+            idle: None,
+            waiting: false,
             done: false,
             usage: usage.clone(),
         };
-        Self { inner: futures_util::stream::unfold(state, State::next).boxed(), usage }
+        Self { inner: events.boxed(), usage }
     }
 }
 
@@ -254,71 +256,104 @@ impl Stream for ChatStream {
     }
 }
 
-struct State<T: Translate> {
+/// Stands in for an idle limit too large to add to the clock.
+const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// The upstream body's lines, translated. Polled in place: a stream built
+/// with `unfold` moved this whole state into and out of a new future for
+/// every event.
+struct Events<T: Translate> {
     body: BoxStream<'static, Result<Bytes>>,
     translator: T,
     splitter: LineSplitter,
     /// RUN-17 read timeout, applied to the gap between network chunks so a
     /// long but live stream is never cut.
     idle_timeout: Duration,
+    /// The idle timer, made the first time the body has nothing ready.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer is armed for the current wait for a network chunk.
+    waiting: bool,
     done: bool,
     usage: StreamUsage,
 }
 
-impl<T: Translate> Drop for State<T> {
+impl<T: Translate> Drop for Events<T> {
     fn drop(&mut self) {
         self.usage.set(self.translator.usage());
     }
 }
 
-impl<T: Translate> State<T> {
-    async fn next(mut self) -> Option<(Result<Bytes>, Self)> {
-        if self.done {
-            return None;
+impl<T: Translate> Stream for Events<T> {
+    type Item = Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
         }
         loop {
-            if let Some(line) = self.splitter.next_line() {
-                match self.translator.line(line) {
+            if let Some(line) = this.splitter.next_line() {
+                match this.translator.line(line) {
                     Step::Skip => continue,
-                    Step::Emit(payload) => return Some((Ok(payload), self)),
+                    Step::Emit(payload) => return Poll::Ready(Some(Ok(payload))),
                     Step::Done => {
-                        self.finish();
-                        self.read_what_arrived();
-                        return None;
+                        this.finish();
+                        this.read_what_arrived();
+                        return Poll::Ready(None);
                     }
-                    Step::Fail(err) => return Some((Err(err), self.failed())),
+                    Step::Fail(err) => return this.failed(err),
                 }
             }
-            match tokio::time::timeout(self.idle_timeout, self.body.next()).await {
-                Ok(Some(Ok(chunk))) => self.splitter.push(chunk),
-                Ok(Some(Err(err))) => return Some((Err(err), self.failed())),
-                Ok(None) => {
+            match this.body.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.waiting = false;
+                    this.splitter.push(chunk);
+                }
+                Poll::Ready(Some(Err(err))) => return this.failed(err),
+                Poll::Ready(None) => {
                     // A final line without a terminator may still be the marker.
-                    if let Some(line) = self.splitter.finish() {
-                        match self.translator.line(line) {
+                    if let Some(line) = this.splitter.finish() {
+                        match this.translator.line(line) {
                             Step::Done => {
-                                self.finish();
-                                return None;
+                                this.finish();
+                                return Poll::Ready(None);
                             }
-                            Step::Emit(payload) => return Some((Ok(payload), self)),
-                            Step::Fail(err) => return Some((Err(err), self.failed())),
+                            Step::Emit(payload) => {
+                                // Emitted now; the end without a marker is reported next.
+                                return Poll::Ready(Some(Ok(payload)));
+                            }
+                            Step::Fail(err) => return this.failed(err),
                             Step::Skip => {}
                         }
                     }
-                    let err = Error::transport("upstream stream ended before completion");
-                    return Some((Err(err), self.failed()));
+                    return this.failed(Error::transport("upstream stream ended before completion"));
                 }
-                Err(_) => {
-                    let err = Error::timeout(format!(
-                        "upstream stream sent nothing for {} s",
-                        self.idle_timeout.as_secs_f64()
-                    ));
-                    return Some((Err(err), self.failed()));
+                Poll::Pending => {
+                    // The deadline is set when a wait starts, not per poll.
+                    if !this.waiting {
+                        let now = tokio::time::Instant::now();
+                        // A limit too large to add is as good as none (as `tokio::time::timeout` treats it).
+                        let deadline = now.checked_add(this.idle_timeout).unwrap_or(now + FOREVER);
+                        match this.idle.as_mut() {
+                            Some(sleep) => sleep.as_mut().reset(deadline),
+                            None => this.idle = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                        }
+                        this.waiting = true;
+                    }
+                    if let Some(sleep) = this.idle.as_mut()
+                        && sleep.as_mut().poll(cx).is_ready()
+                    {
+                        let secs = this.idle_timeout.as_secs_f64();
+                        return this.failed(Error::timeout(format!("upstream stream sent nothing for {secs} s")));
+                    }
+                    return Poll::Pending;
                 }
             }
         }
     }
+}
 
+impl<T: Translate> Events<T> {
     /// After the terminal marker a body usually has only its framing left
     /// (the last chunk of a chunked body). Read what has already arrived, so
     /// a body that has ended can give its connection back to the pool;
@@ -337,12 +372,14 @@ impl<T: Translate> State<T> {
         self.usage.set(self.translator.usage());
     }
 
-    fn failed(mut self) -> Self {
+    /// Yield `err` and end: nothing follows an error.
+    fn failed(&mut self, err: Error) -> Poll<Option<Result<Bytes>>> {
         self.finish();
         // Release the upstream connection now rather than when the consumer
         // gets around to dropping the stream.
         self.body = futures_util::stream::empty().boxed();
-        self
+        self.idle = None;
+        Poll::Ready(Some(Err(err)))
     }
 }
 

@@ -152,6 +152,25 @@ async fn a_stalled_stream_hits_the_read_timeout() {
 }
 
 #[tokio::test]
+async fn the_read_timeout_bounds_each_gap_not_the_whole_stream() {
+    // Four gaps of 400 ms under a 1 s read timeout: 1.6 s in all, never cut.
+    let base = upstream(|mut s| async move {
+        s.write_all(SSE_HEAD).await.unwrap();
+        for n in 1..=4 {
+            s.write_all(format!("data: {{\"n\":{n}}}\n\n").as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        s.write_all(b"data: [DONE]\n\n").await.unwrap();
+    })
+    .await;
+    let started = Instant::now();
+    let (items, _) = collect(start_stream(&base, json!({"timeout": 1}), None).await.unwrap()).await;
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let payloads: Vec<String> = items.into_iter().map(Result::unwrap).collect();
+    assert_eq!(payloads, [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#, r#"{"n":4}"#]);
+}
+
+#[tokio::test]
 async fn deadline_bounds_the_wait_for_stream_headers() {
     let base = upstream(|s| async move {
         // Hold the socket open without ever answering.
