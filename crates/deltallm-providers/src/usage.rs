@@ -24,7 +24,7 @@ pub struct Usage {
 
 /// The OpenAI `usage` object and the variants compatible servers send
 /// (`input_tokens`/`output_tokens`, transcription `seconds`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub(crate) struct WireUsage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
@@ -36,7 +36,7 @@ pub(crate) struct WireUsage {
     seconds: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 struct CachedDetails {
     cached_tokens: Option<u64>,
 }
@@ -67,9 +67,84 @@ pub(crate) fn from_body(body: &[u8]) -> Option<Usage> {
         return usage;
     }
     let value = top_level_value(body, b"usage")?;
-    let mut de = serde_json::Deserializer::from_slice(value);
-    let usage: Option<WireUsage> = serde::Deserialize::deserialize(&mut de).ok()?;
-    usage.map(Usage::from)
+    decode(value)?.0.map(Usage::from)
+}
+
+/// The `usage` value at the start of `value` and the bytes it took.
+fn decode(value: &[u8]) -> Option<(Option<WireUsage>, usize)> {
+    if let Some((usage, len)) = flat_usage(value) {
+        return Some((Some(usage), len));
+    }
+    let mut values = serde_json::Deserializer::from_slice(value).into_iter::<Option<WireUsage>>();
+    let usage = values.next()?.ok()?;
+    Some((usage, values.byte_offset()))
+}
+
+/// The usual `usage` object, read by hand: flat, with only non-negative
+/// integer members, keys without escapes, each at most once. Anything else
+/// (nested details, `null`, fractions, strings, duplicates) is `None` and
+/// left to serde, whose derive cost several times more for the common shape.
+fn flat_usage(value: &[u8]) -> Option<(WireUsage, usize)> {
+    let mut usage = WireUsage::default();
+    let mut i = skip_ws(value, 0);
+    if value.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(value, i + 1);
+    if value.get(i) == Some(&b'}') {
+        return Some((usage, i + 1));
+    }
+    loop {
+        if value.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_start = i + 1;
+        let key_end = key_start + memchr::memchr2(b'"', b'\\', value.get(key_start..)?)?;
+        if value[key_end] != b'"' {
+            return None;
+        }
+        i = skip_ws(value, key_end + 1);
+        if value.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(value, i + 1);
+        let digits = i;
+        let mut n: u64 = 0;
+        while let Some(d) = value.get(i).filter(|b| b.is_ascii_digit()) {
+            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            i += 1;
+        }
+        // Not an integer, a leading zero (invalid JSON), or a fraction or exponent.
+        if i == digits || (i - digits > 1 && value[digits] == b'0') || matches!(value.get(i), Some(b'.' | b'e' | b'E'))
+        {
+            return None;
+        }
+        let slot = match &value[key_start..key_end] {
+            b"prompt_tokens" => &mut usage.prompt_tokens,
+            b"completion_tokens" => &mut usage.completion_tokens,
+            b"total_tokens" => &mut usage.total_tokens,
+            b"input_tokens" => &mut usage.input_tokens,
+            b"output_tokens" => &mut usage.output_tokens,
+            b"seconds" => {
+                if usage.seconds.replace(n as f64).is_some() {
+                    return None;
+                }
+                &mut None
+            }
+            // Unknown members are ignored, as serde does; known ones of
+            // another type are not integers and were refused above.
+            _ => &mut None,
+        };
+        if slot.replace(n).is_some() {
+            return None;
+        }
+        i = skip_ws(value, i);
+        match value.get(i) {
+            Some(b',') => i = skip_ws(value, i + 1),
+            Some(b'}') => return Some((usage, i + 1)),
+            _ => return None,
+        }
+    }
 }
 
 /// The common layout, decided from the end: OpenAI and compatible servers
@@ -92,9 +167,8 @@ fn trailing_usage(body: &[u8]) -> Option<Option<Usage>> {
         return None;
     }
     let start = skip_ws(body, colon + 1);
-    let mut values = serde_json::Deserializer::from_slice(&body[start..]).into_iter::<Option<WireUsage>>();
-    let usage = values.next()?.ok()?;
-    let rest = &body[start + values.byte_offset()..];
+    let (usage, len) = decode(&body[start..])?;
+    let rest = &body[start + len..];
     (rest.trim_ascii() == b"}").then(|| usage.map(Usage::from))
 }
 
@@ -159,6 +233,51 @@ pub(crate) fn mentions_usage(payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What serde makes of `value`: the reference the hand-read shape must match.
+    fn by_serde(value: &[u8]) -> Option<(Option<WireUsage>, usize)> {
+        let mut values = serde_json::Deserializer::from_slice(value).into_iter::<Option<WireUsage>>();
+        let usage = values.next()?.ok()?;
+        Some((usage, values.byte_offset()))
+    }
+
+    #[test]
+    fn the_hand_read_usage_agrees_with_serde() {
+        let cases: &[&[u8]] = &[
+            br#"{"prompt_tokens":12,"completion_tokens":14,"total_tokens":26}"#,
+            br#"{ "prompt_tokens" : 1 , "completion_tokens":0 }  , "x": 1"#,
+            br#"{}"#,
+            b" {\n\t\"input_tokens\":3,\"output_tokens\":4}",
+            br#"{"prompt_tokens":5,"queue_time_ms":17,"total_tokens":5}"#,
+            br#"{"seconds":3}"#,
+            br#"{"seconds":3.5}"#,
+            br#"{"type":"duration","seconds":3}"#,
+            br#"{"prompt_tokens":18446744073709551615}"#,
+            br#"{"prompt_tokens":18446744073709551616}"#,
+            br#"{"prompt_tokens":-1}"#,
+            br#"{"prompt_tokens":01}"#,
+            br#"{"prompt_tokens":1e3}"#,
+            br#"{"prompt_tokens":null,"total_tokens":2}"#,
+            br#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            br#"{"seconds":1,"seconds":2}"#,
+            br#"{"prompt_tokens":2,"prompt_tokens_details":{"cached_tokens":1}}"#,
+            br#"{"prompt\u005ftokens":2}"#,
+            br#"{"prompt_tokens":2,}"#,
+            br#"{"prompt_tokens":2"#,
+            br#"{"prompt_tokens" 2}"#,
+            br#"null"#,
+            br#"[1]"#,
+        ];
+        for case in cases {
+            let reference = by_serde(case);
+            if let Some((usage, len)) = flat_usage(case) {
+                assert_eq!(Some((Some(usage), len)), reference, "{}", String::from_utf8_lossy(case));
+            }
+            assert_eq!(decode(case), reference, "{}", String::from_utf8_lossy(case));
+        }
+        // The common shape takes the hand-read path.
+        assert!(flat_usage(cases[0]).is_some() && flat_usage(cases[1]).is_some());
+    }
 
     #[test]
     fn openai_chat_usage_with_cache() {
