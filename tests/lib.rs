@@ -100,9 +100,12 @@ impl TestApp {
         let gateway = Gateway::start(store, settings).await.expect("gateway start");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
-        let app = deltallm_http::app(gateway.clone());
+        // The service the gateway binary serves (direct dispatch of the JSON proxy routes).
+        let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(
+            deltallm_http::GatewayService::new(gateway.clone()),
+        );
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(listener, service).await;
         });
         Self { base: format!("http://{addr}"), gateway, client: reqwest::Client::new(), server }
     }

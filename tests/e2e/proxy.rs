@@ -644,3 +644,66 @@ on_both_backends!(a_steady_trickle_of_requests_does_not_hold_spend_back, |url: S
     assert!(written >= 1, "spend rows written while requests keep coming, got {written}");
     app.stop().await;
 });
+
+/// The gateway binary dispatches the JSON proxy routes without the router
+/// (`GatewayService`); embedders mounting `deltallm_http::app` go through
+/// it. Both must answer every request alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_dispatch_and_the_router_answer_alike() {
+    let db = deltallm_e2e::TestDb::create(deltallm_e2e::Backend::Sqlite).await.expect("sqlite");
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion()))
+        .mount(&upstream)
+        .await;
+    let app = TestApp::start(&db.url, test_settings()).await;
+    add(&app, "gpt", "gpt-a", "openai", &format!("{}/v1", upstream.uri()), json!({})).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router_base = format!("http://{}", listener.local_addr().unwrap());
+    let router = tokio::spawn(axum::serve(listener, deltallm_http::app(app.gateway.clone())).into_future());
+
+    let chat = json!({"model": "gpt", "messages": [{"role": "user", "content": "x"}]});
+    let cases: Vec<(reqwest::Method, &str, Option<Value>)> = vec![
+        (reqwest::Method::POST, "/v1/chat/completions", Some(chat.clone())),
+        (reqwest::Method::POST, "/chat/completions", Some(chat.clone())),
+        (reqwest::Method::POST, "/v1/completions", Some(json!({"model": "gpt", "prompt": "x"}))),
+        (reqwest::Method::POST, "/v1/embeddings", Some(json!({"model": "gpt", "input": "x"}))),
+        (reqwest::Method::POST, "/v1/chat/completions", Some(json!({"model": "nope", "messages": []}))),
+        (reqwest::Method::POST, "/v1/chat/completions", None),
+        (reqwest::Method::GET, "/v1/chat/completions", None),
+        (reqwest::Method::POST, "/v1/chat/completions/", Some(chat.clone())),
+        (reqwest::Method::POST, "/v1/v1/chat/completions", Some(chat.clone())),
+        (reqwest::Method::POST, "/v1", Some(chat.clone())),
+    ];
+    let client = reqwest::Client::new();
+    for (m, path, body) in cases {
+        let mut answers = Vec::new();
+        for base in [app.base.as_str(), router_base.as_str()] {
+            let mut req = client.request(m.clone(), format!("{base}{path}")).bearer_auth(MASTER_KEY);
+            req = match &body {
+                Some(b) => req.json(b),
+                None => req.header("content-type", "application/json").body("{not json"),
+            };
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let route: Vec<_> = ["x-deltallm-route-group", "x-deltallm-route-deployment", "content-type"]
+                .iter()
+                .map(|h| resp.headers().get(*h).map(|v| v.to_str().unwrap().to_owned()))
+                .collect();
+            let text = resp.text().await.unwrap();
+            let text = match serde_json::from_str::<Value>(&text) {
+                // Ids differ per request; the shape and the error must not.
+                Ok(mut v) => {
+                    v.as_object_mut().map(|o| o.remove("id"));
+                    v.to_string()
+                }
+                Err(_) => text,
+            };
+            answers.push((status, route, text));
+        }
+        assert_eq!(answers[0], answers[1], "{m} {path}");
+    }
+    router.abort();
+    app.stop().await;
+    db.cleanup().await;
+}

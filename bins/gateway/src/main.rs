@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use axum::ServiceExt as _;
 use axum::serve::ListenerExt;
 use deltallm_bootstrap::rotate::{self, NewKeySource};
 use deltallm_bootstrap::{prepare, serve, telemetry};
@@ -78,7 +79,8 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     serve::watch_salt_key(&gateway, prepared.salt_key_watch);
     let listener = serve::bind(prepared.listen).await?.tap_io(serve::tune_client_socket);
     tracing::info!(address = %prepared.listen, "DeltaLLM gateway listening");
-    axum::serve(listener, deltallm_http::app(gateway.clone())).with_graceful_shutdown(serve::shutdown_signal()).await?;
+    let service = deltallm_http::GatewayService::new(gateway.clone());
+    axum::serve(listener, service.into_make_service()).with_graceful_shutdown(serve::shutdown_signal()).await?;
     serve::drain(&gateway).await;
     Ok(())
 }

@@ -33,6 +33,48 @@ pub fn app(gateway: Gateway) -> Router {
     Router::new().merge(openai::routes(limit)).merge(admin).merge(health::routes()).with_state(gateway)
 }
 
+/// The whole application as one service, for a server: a `POST` to a JSON
+/// proxy route (chat, completions, embeddings, images, speech, rerank) is
+/// matched on its method and path and handled directly; every other request
+/// goes through [`app`]'s router. Those routes carry no layers, so both ways
+/// answer alike; the direct way skips the router's matching and its
+/// per-request service layers, which cost about as much as parsing the
+/// request's JSON.
+#[derive(Clone)]
+pub struct GatewayService {
+    gateway: Gateway,
+    router: Router,
+}
+
+impl GatewayService {
+    /// The service for `gateway`.
+    pub fn new(gateway: Gateway) -> Self {
+        Self { router: app(gateway.clone()), gateway }
+    }
+}
+
+impl tower::Service<axum::extract::Request> for GatewayService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        // Neither way ever waits: the router is always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        if req.method() == http::Method::POST
+            && let Some(endpoint) = openai::json_endpoint(req.uri().path())
+        {
+            let gateway = self.gateway.clone();
+            return Box::pin(async move { Ok(openai::proxy_json_direct(gateway, endpoint, req).await) });
+        }
+        let mut router = self.router.clone();
+        Box::pin(async move { tower::Service::call(&mut router, req).await })
+    }
+}
+
 /// Only the OpenAI-compatible routes, for embedders that mount them in their own router.
 pub fn openai_routes(gateway: Gateway) -> Router {
     let limit = gateway.settings().max_request_body_bytes;

@@ -29,14 +29,7 @@ pub fn routes(limit: usize) -> Router<Gateway> {
         .route("/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/models/{*id}", get(get_model));
-    for (path, endpoint) in [
-        ("/chat/completions", Endpoint::ChatCompletions),
-        ("/completions", Endpoint::Completions),
-        ("/embeddings", Endpoint::Embeddings),
-        ("/images/generations", Endpoint::ImageGenerations),
-        ("/audio/speech", Endpoint::AudioSpeech),
-        ("/rerank", Endpoint::Rerank),
-    ] {
+    for (path, endpoint) in JSON_ROUTES {
         let handler = move |state: State<Gateway>, req: Request| proxy_json(state, endpoint, req);
         r = r.route(&format!("/v1{path}"), post(handler)).route(path, post(handler));
     }
@@ -45,6 +38,28 @@ pub fn routes(limit: usize) -> Router<Gateway> {
         .route("/audio/transcriptions", post(transcription))
         .layer(DefaultBodyLimit::max(limit));
     r.merge(multipart)
+}
+
+/// The JSON proxy routes, each served at `/v1<path>` and at `<path>`.
+const JSON_ROUTES: [(&str, Endpoint); 6] = [
+    ("/chat/completions", Endpoint::ChatCompletions),
+    ("/completions", Endpoint::Completions),
+    ("/embeddings", Endpoint::Embeddings),
+    ("/images/generations", Endpoint::ImageGenerations),
+    ("/audio/speech", Endpoint::AudioSpeech),
+    ("/rerank", Endpoint::Rerank),
+];
+
+/// The JSON proxy endpoint a `POST` to `path` reaches, as the router would
+/// route it ([`JSON_ROUTES`] at `/v1<path>` and `<path>`, exactly).
+pub(crate) fn json_endpoint(path: &str) -> Option<Endpoint> {
+    let path = path.strip_prefix("/v1").filter(|rest| rest.starts_with('/')).unwrap_or(path);
+    JSON_ROUTES.iter().find(|(p, _)| *p == path).map(|(_, endpoint)| *endpoint)
+}
+
+/// A JSON proxy request, dispatched without the router (see [`crate::GatewayService`]).
+pub(crate) async fn proxy_json_direct(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
+    proxy_json(State(gw), endpoint, req).await
 }
 
 /// RUN-2: callable targets visible to the caller, sorted.
