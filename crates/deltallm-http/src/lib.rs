@@ -68,7 +68,7 @@ impl tower::Service<axum::extract::Request> for GatewayService {
             && let Some(endpoint) = openai::json_endpoint(req.uri().path())
         {
             let gateway = self.gateway.clone();
-            return Box::pin(async move { Ok(openai::proxy_json_direct(gateway, endpoint, req).await) });
+            return Box::pin(async move { Ok(openai::proxy_json(axum::extract::State(gateway), endpoint, req).await) });
         }
         let mut router = self.router.clone();
         Box::pin(async move { tower::Service::call(&mut router, req).await })

@@ -57,11 +57,6 @@ pub(crate) fn json_endpoint(path: &str) -> Option<Endpoint> {
     JSON_ROUTES.iter().find(|(p, _)| *p == path).map(|(_, endpoint)| *endpoint)
 }
 
-/// A JSON proxy request, dispatched without the router (see [`crate::GatewayService`]).
-pub(crate) async fn proxy_json_direct(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
-    proxy_json(State(gw), endpoint, req).await
-}
-
 /// RUN-2: callable targets visible to the caller, sorted.
 async fn list_models(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     let started = Instant::now();
@@ -196,7 +191,8 @@ fn too_large(limit: usize) -> ProxyError {
     ))
 }
 
-async fn proxy_json(State(gw): State<Gateway>, endpoint: Endpoint, req: Request) -> Response {
+/// A JSON proxy route's handler; [`crate::GatewayService`] calls it without the router.
+pub(crate) async fn proxy_json(State(gw): State<Gateway>, endpoint: Endpoint, req: Request) -> Response {
     let started = Instant::now();
     if let Err(e) = gw.check_master_key(presented_key(req.headers())) {
         return local(started, ProxyError(e).into_response());
