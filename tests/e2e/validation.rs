@@ -309,3 +309,42 @@ on_both_backends!(normalization_and_labels, |url: String| async move {
     assert!(app.gateway.registry().deployments["custom-1"].record.deltallm_params.get("chat_batching").is_none());
     app.stop().await;
 });
+
+/// Unknown routes and wrong methods answer in the shape their side of the
+/// API uses: the OpenAI error object under `/v1` (and the other public
+/// paths), `{"detail"}` under `/ui/api` (CONV-1). A 405 names the allowed methods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_wrong_methods_get_shaped_errors() {
+    let db = deltallm_e2e::TestDb::create(deltallm_e2e::Backend::Sqlite).await.expect("sqlite");
+    let app = TestApp::start(&db.url, test_settings()).await;
+
+    let (s, body) = app.get("/v1/nothing/here").await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        body,
+        json!({"error": {"message": "Invalid URL (GET /v1/nothing/here)", "type": "invalid_request_error", "param": null, "code": null}})
+    );
+    let (s, body) = app.post("/v1/chat/completion", &json!({"model": "x"})).await;
+    assert_eq!((s, body["error"]["message"].as_str()), (404, Some("Invalid URL (POST /v1/chat/completion)")));
+
+    let resp =
+        app.client.get(app.url("/v1/chat/completions")).bearer_auth(deltallm_e2e::MASTER_KEY).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "Method GET is not allowed on /v1/chat/completions");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let (s, body) = app.send(reqwest::Method::DELETE, "/v1/models", None).await;
+    assert_eq!((s, body["error"]["type"].as_str()), (405, Some("invalid_request_error")));
+
+    let (s, body) = app.get("/ui/api/nothing").await;
+    assert_eq!((s, body), (404, json!({"detail": "Not Found"})));
+    let (s, body) = app.send(reqwest::Method::PATCH, "/ui/api/models", None).await;
+    assert_eq!((s, body), (405, json!({"detail": "Method Not Allowed"})));
+
+    // Known routes are untouched by the fallbacks.
+    let (s, body) = app.get("/v1/models").await;
+    assert_eq!((s, body["object"].as_str()), (200, Some("list")));
+    app.stop().await;
+    db.cleanup().await;
+}

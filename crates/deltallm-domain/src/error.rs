@@ -12,6 +12,10 @@ pub enum ApiErrorKind {
     PermissionDenied,
     /// 404 `model_not_found` on the proxy; plain not found on admin routes.
     NotFound,
+    /// 404 `invalid_request_error`: no such route.
+    UnknownRoute,
+    /// 405 `invalid_request_error`: the route exists, the method does not.
+    MethodNotAllowed,
     /// 408 `timeout_error`.
     Timeout,
     /// 409 conflict (admin only).
@@ -37,7 +41,8 @@ impl ApiErrorKind {
             Self::InvalidRequest => 400,
             Self::Authentication => 401,
             Self::PermissionDenied => 403,
-            Self::NotFound => 404,
+            Self::NotFound | Self::UnknownRoute => 404,
+            Self::MethodNotAllowed => 405,
             Self::Timeout => 408,
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
@@ -51,9 +56,12 @@ impl ApiErrorKind {
     /// The OpenAI-shaped error `type` (CONV-2).
     pub fn openai_type(self) -> &'static str {
         match self {
-            Self::InvalidRequest | Self::Unprocessable | Self::PayloadTooLarge | Self::Conflict => {
-                "invalid_request_error"
-            }
+            Self::InvalidRequest
+            | Self::Unprocessable
+            | Self::PayloadTooLarge
+            | Self::Conflict
+            | Self::UnknownRoute
+            | Self::MethodNotAllowed => "invalid_request_error",
             Self::Authentication => "authentication_error",
             Self::PermissionDenied => "permission_denied",
             Self::NotFound => "model_not_found",
@@ -72,6 +80,8 @@ impl ApiErrorKind {
             Self::Authentication => "authentication",
             Self::PermissionDenied => "permission_denied",
             Self::NotFound => "not_found",
+            Self::UnknownRoute => "unknown_route",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Timeout => "timeout",
             Self::Conflict => "conflict",
             Self::PayloadTooLarge => "payload_too_large",

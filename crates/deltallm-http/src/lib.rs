@@ -30,7 +30,36 @@ pub fn app(gateway: Gateway) -> Router {
         .merge(admin_route_groups::routes())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(admin_error_shape));
-    Router::new().merge(openai::routes(limit)).merge(admin).merge(health::routes()).with_state(gateway)
+    Router::new()
+        .merge(openai::routes(limit))
+        .merge(admin)
+        .merge(health::routes())
+        // After every route is in: it applies to the routes present.
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(unknown_route)
+        .with_state(gateway)
+}
+
+/// Admin routes answer errors as `{"detail"}` (CONV-1); everything else in the OpenAI shape.
+fn is_admin(uri: &http::Uri) -> bool {
+    uri.path().starts_with("/ui/")
+}
+
+/// No route has this path: the OpenAI API's answer to an unknown URL.
+async fn unknown_route(method: http::Method, uri: http::Uri) -> Response {
+    if is_admin(&uri) {
+        return AdminError(Error::new(ApiErrorKind::NotFound, "Not Found")).into_response();
+    }
+    ProxyError(Error::new(ApiErrorKind::UnknownRoute, format!("Invalid URL ({method} {})", uri.path()))).into_response()
+}
+
+/// The path exists, the method does not (axum adds the `Allow` header).
+async fn wrong_method(method: http::Method, uri: http::Uri) -> Response {
+    if is_admin(&uri) {
+        return AdminError(Error::new(ApiErrorKind::MethodNotAllowed, "Method Not Allowed")).into_response();
+    }
+    let message = format!("Method {method} is not allowed on {}", uri.path());
+    ProxyError(Error::new(ApiErrorKind::MethodNotAllowed, message)).into_response()
 }
 
 /// The whole application as one service, for a server: a `POST` to a JSON
