@@ -114,7 +114,22 @@ struct Writer<'c> {
     begin: Statement<'c>,
     commit: Statement<'c>,
     inserts: Vec<Insert<'c>>,
-    time: TimestampFormat,
+    time: TimeText,
+}
+
+/// Timestamp text for binding: SQLite copies a bound text at once, so one
+/// buffer serves every timestamp of every batch.
+#[derive(Default)]
+struct TimeText {
+    format: TimestampFormat,
+    buf: String,
+}
+
+impl TimeText {
+    fn text(&mut self, t: chrono::DateTime<chrono::Utc>) -> &str {
+        self.format.write(t, &mut self.buf);
+        &self.buf
+    }
 }
 
 impl<'c> Writer<'c> {
@@ -133,7 +148,7 @@ impl<'c> Writer<'c> {
                     })
                 })
                 .collect::<rusqlite::Result<_>>()?,
-            time: TimestampFormat::default(),
+            time: TimeText::default(),
         })
     }
 
@@ -188,22 +203,15 @@ struct Insert<'c> {
 
 impl Insert<'_> {
     /// Binds `records` (as many as the statement has rows) and runs the insert.
-    fn run(&mut self, records: &[SpendRecord], time: &mut TimestampFormat) -> rusqlite::Result<()> {
-        let mut text = String::new();
+    fn run(&mut self, records: &[SpendRecord], time: &mut TimeText) -> rusqlite::Result<()> {
         for (row, r) in records.iter().enumerate() {
-            self.bind_record(row * SPEND_COLUMNS.len(), r, time, &mut text)?;
+            self.bind_record(row * SPEND_COLUMNS.len(), r, time)?;
         }
         self.stmt.raw_execute().map(drop)
     }
 
     /// Binds one record in [`SPEND_COLUMNS`] order after parameter `at`.
-    fn bind_record(
-        &mut self,
-        at: usize,
-        r: &SpendRecord,
-        time: &mut TimestampFormat,
-        text: &mut String,
-    ) -> rusqlite::Result<()> {
+    fn bind_record(&mut self, at: usize, r: &SpendRecord, time: &mut TimeText) -> rusqlite::Result<()> {
         self.fresh(at, r.request_id.as_str())?;
         self.text(at + 1, Some(r.call_type))?;
         self.text(at + 2, Some(&r.model))?;
@@ -229,11 +237,8 @@ impl Insert<'_> {
         self.text(at + 22, r.error_type)?;
         self.int(at + 23, i64::from(r.stream))?;
         self.int(at + 24, r.latency_ms)?;
-        // SQLite copies a bound text at once, so one buffer serves every timestamp.
-        time.write(r.start_time, text);
-        self.fresh(at + 25, text)?;
-        time.write(r.end_time, text);
-        self.fresh(at + 26, text)
+        self.fresh(at + 25, time.text(r.start_time))?;
+        self.fresh(at + 26, time.text(r.end_time))
     }
 
     /// Parameter `i` (0-based) to a text that differs from record to record.
