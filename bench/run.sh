@@ -322,6 +322,17 @@ cpu_ticks() { # "utime+stime stime" summed over the given pids (all threads, inc
   done
   echo "$total $sys"
 }
+spend_ns() { # CPU time (ns, schedstat) of the gateway's SQLite spend writer thread; 0 if none
+  local t comm
+  for t in /proc/"$GW_PID"/task/*; do
+    read -r comm <"$t/comm" 2>/dev/null || continue
+    if [[ $comm == deltallm-spend ]]; then
+      awk '{print $1}' "$t/schedstat" 2>/dev/null || echo 0
+      return
+    fi
+  done
+  echo 0
+}
 peak_kib() { # max VmHWM over the given pids
   local max=0 p v
   for p in "$@"; do
@@ -392,7 +403,7 @@ if (((bl1 - bl0) * 100 > 10 * (blt1 - blt0 + 1) || (bp1 - bp0) * 100 > 10 * (bpt
 fi
 
 RAW=$OUT/raw.tsv
-printf 'target\tmode\tc\trequests\tduration_us\terrors\trps\tmean_us\tp50_us\tp90_us\tp99_us\tp999_us\tcpu_us_per_req\tpeak_rss_kib\tcore%s_busy_pct\tcore%s_busy_pct\tcore%s_steal_pct\tcore%s_steal_pct\tkernel_pct\n' \
+printf 'target\tmode\tc\trequests\tduration_us\terrors\trps\tmean_us\tp50_us\tp90_us\tp99_us\tp999_us\tcpu_us_per_req\tpeak_rss_kib\tcore%s_busy_pct\tcore%s_busy_pct\tcore%s_steal_pct\tcore%s_steal_pct\tkernel_pct\tspend_writer_us_per_req\n' \
   "$LOADGEN_CPU" "$PROXY_CPU" "$LOADGEN_CPU" "$PROXY_CPU" >"$RAW"
 
 measure() { # $1 = target, $2 = mode, $3 = concurrency
@@ -406,7 +417,8 @@ measure() { # $1 = target, $2 = mode, $3 = concurrency
   fi
   local t0 t1 l0 l1 p0 p1 peak=0
   ((${#pids[@]})) && reset_peak "${pids[@]}"
-  local s0 s1
+  local s0 s1 w0=0 w1=0
+  [[ $target == gateway ]] && w0=$(spend_ns)
   read -r t0 s0 < <( ((${#pids[@]})) && cpu_ticks "${pids[@]}" || echo 0 0)
   local ls0 ls1 ps0 ps1
   read -r l0 lt0 ls0 < <(core_busy "$LOADGEN_CPU")
@@ -414,13 +426,14 @@ measure() { # $1 = target, $2 = mode, $3 = concurrency
   run_wrk "$label" "$url" "$body" "$c" "$DURATION" "$HERE/wrk-post.lua" >"$OUT/$label.txt" 2>&1 ||
     die "wrk failed for $label (see $OUT/$label.txt)"
   read -r t1 s1 < <( ((${#pids[@]})) && cpu_ticks "${pids[@]}" || echo 0 0)
+  [[ $target == gateway ]] && w1=$(spend_ns)
   read -r l1 lt1 ls1 < <(core_busy "$LOADGEN_CPU")
   read -r p1 pt1 ps1 < <(core_busy "$PROXY_CPU")
   ((${#pids[@]})) && peak=$(peak_kib "${pids[@]}")
   local line
   line=$(grep '^RESULT ' "$OUT/$label.txt") || die "no result line for $label"
   awk -v line="$line" -v target="$target" -v mode="$mode" -v c="$c" -v ticks=$((t1 - t0)) -v sticks=$((s1 - s0)) -v hz="$CLK_TCK" \
-    -v haspids="${#pids[@]}" -v peak="$peak" \
+    -v haspids="${#pids[@]}" -v peak="$peak" -v spendns=$((w1 - w0)) -v isgw=$([[ $target == gateway ]] && echo 1 || echo 0) \
     -v lb=$((l1 - l0)) -v lt=$((lt1 - lt0)) -v pb=$((p1 - p0)) -v pt=$((pt1 - pt0)) \
     -v lst=$((ls1 - ls0)) -v pst=$((ps1 - ps0)) 'BEGIN {
       n = split(line, kv, " ");
@@ -430,9 +443,10 @@ measure() { # $1 = target, $2 = mode, $3 = concurrency
       cpu = (haspids > 0 && r["requests"] > 0) ? sprintf("%.1f", ticks * 1e6 / hz / r["requests"]) : "-";
       pk = (haspids > 0) ? peak : "-";
       kern = (haspids > 0 && ticks > 0) ? sprintf("%.0f", 100 * sticks / ticks) : "-";
-      printf "%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\n", target, mode, c,
+      spend = (isgw && r["requests"] > 0) ? sprintf("%.1f", spendns / 1000 / r["requests"]) : "-";
+      printf "%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\n", target, mode, c,
         r["requests"], r["duration_us"], err, rps, r["mean_us"], r["p50_us"], r["p90_us"], r["p99_us"], r["p999_us"],
-        cpu, pk, (lt ? 100 * lb / lt : 0), (pt ? 100 * pb / pt : 0), (lt ? 100 * lst / lt : 0), (pt ? 100 * pst / pt : 0), kern
+        cpu, pk, (lt ? 100 * lb / lt : 0), (pt ? 100 * pb / pt : 0), (lt ? 100 * lst / lt : 0), (pt ? 100 * pst / pt : 0), kern, spend
     }' >>"$RAW"
   if [[ $(tail -n1 "$RAW" | cut -f6) != 0 ]]; then
     log "warning: $label had errors or non-2xx responses (see $OUT/$label.txt)"
@@ -484,12 +498,12 @@ REPORT=$OUT/report.md
     function ms(us) { return sprintf("%.3f", us / 1000) }
     function mib(k) { return k == "-" ? "-" : sprintf("%.1f", k / 1024) }
     END {
-      print "| target | mode | c | req/s | p50 ms | p99 ms | CPU µs/req | of it kernel | peak RSS MiB | errors | cpu" lc " busy | cpu" pc " busy | cpu" pc " stolen |";
-      print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+      print "| target | mode | c | req/s | p50 ms | p99 ms | CPU µs/req | of it kernel | of it spend writer µs | peak RSS MiB | errors | cpu" lc " busy | cpu" pc " busy | cpu" pc " stolen |";
+      print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
       for (i = 1; i <= n; i++) {
         split(rows[i], f, "\t");
-        printf "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %d | %d%% | %d%% | %d%% |\n",
-          f[1], f[2], f[3], f[7], ms(f[9]), ms(f[11]), f[13], (f[19] == "-" ? "-" : f[19] "%"), mib(f[14]), f[6], f[15], f[16], f[18]
+        printf "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %d | %d%% | %d%% | %d%% |\n",
+          f[1], f[2], f[3], f[7], ms(f[9]), ms(f[11]), f[13], (f[19] == "-" ? "-" : f[19] "%"), f[20], mib(f[14]), f[6], f[15], f[16], f[18]
       }
     }' "$RAW"
   echo
