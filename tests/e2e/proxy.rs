@@ -707,3 +707,79 @@ async fn the_direct_dispatch_and_the_router_answer_alike() {
     app.stop().await;
     db.cleanup().await;
 }
+
+/// SQL that makes every spend insert fail, and the SQL that undoes it.
+fn refuse_spend_inserts(url: &str) -> (&'static str, &'static str) {
+    if url.starts_with("postgres") {
+        (
+            "CREATE FUNCTION refuse_spend() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused by test'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse_spend BEFORE INSERT ON spend_logs FOR EACH ROW EXECUTE FUNCTION refuse_spend()",
+            "DROP TRIGGER refuse_spend ON spend_logs; DROP FUNCTION refuse_spend()",
+        )
+    } else {
+        (
+            "CREATE TRIGGER refuse_spend BEFORE INSERT ON spend_logs BEGIN SELECT RAISE(ABORT, 'refused by test'); END",
+            "DROP TRIGGER refuse_spend",
+        )
+    }
+}
+
+on_both_backends!(spend_the_database_refused_or_the_queue_dropped_is_reported, |url: String| async move {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion()))
+        .mount(&upstream)
+        .await;
+    // Room for one queued record, so that a writer held up by a lock drops the rest.
+    let mut settings = test_settings();
+    settings.spend_queue_capacity = 1;
+    let app = TestApp::start(&url, settings).await;
+    add(&app, "gpt", "gpt-a", "openai", &format!("{}/v1", upstream.uri()), json!({})).await;
+    let call = || chat(&app, json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}));
+    let summary = || app.get("/ui/api/spend/summary?group_by=model");
+    let requests =
+        |b: &Value| b["data"].as_array().unwrap().iter().map(|r| r["requests"].as_i64().unwrap()).sum::<i64>();
+
+    let (s, b) = summary().await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["unrecorded"], json!({"queue_full": 0, "write_failed": 0}));
+
+    // The database refuses every insert: the requests still succeed, and the
+    // summary says how many records it is missing.
+    let (refuse, allow) = refuse_spend_inserts(&url);
+    app.gateway.store().connection().execute_unprepared(refuse).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(call().await.status(), 200);
+    }
+    let (_, b) = summary().await;
+    assert_eq!(requests(&b), 0);
+    assert_eq!(b["unrecorded"], json!({"queue_full": 0, "write_failed": 3}));
+    app.gateway.store().connection().execute_unprepared(allow).await.unwrap();
+    assert_eq!(call().await.status(), 200);
+    let (_, b) = summary().await;
+    assert_eq!(requests(&b), 1, "the writer goes on after a refused batch");
+    assert_eq!(b["unrecorded"], json!({"queue_full": 0, "write_failed": 3}));
+
+    // Another connection holds the table: the writer waits on its first
+    // record, one more fits in the queue and the rest are dropped and counted.
+    let txn = app.gateway.store().connection().begin().await.unwrap();
+    let hold = if url.starts_with("postgres") {
+        "LOCK TABLE spend_logs IN EXCLUSIVE MODE"
+    } else {
+        "DELETE FROM spend_logs WHERE request_id = 'none'"
+    };
+    txn.execute_unprepared(hold).await.unwrap();
+    assert_eq!(call().await.status(), 200);
+    // Past the writer's 200 ms linger: it is now stuck in its insert.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..5 {
+        assert_eq!(call().await.status(), 200, "a full spend queue never fails a request");
+    }
+    txn.commit().await.unwrap();
+    let (_, b) = summary().await;
+    assert_eq!(requests(&b), 3, "the held record and the queued one land");
+    assert_eq!(b["unrecorded"], json!({"queue_full": 4, "write_failed": 3}));
+    app.stop().await;
+});

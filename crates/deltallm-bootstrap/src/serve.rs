@@ -34,9 +34,17 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::Error> {
     TcpListener::bind(addr).await.map_err(|e| crate::Error::Io(format!("cannot listen on {addr}: {e}")))
 }
 
-/// Flush pending spend records before exit.
+/// Flush pending spend records before exit and report any that were lost.
 pub async fn drain(gateway: &Gateway) {
     gateway.flush_spend().await;
+    let (dropped, failed) = (gateway.spend_dropped(), gateway.spend_failed());
+    if dropped + failed > 0 {
+        tracing::warn!(
+            queue_full = dropped,
+            write_failed = failed,
+            "spend records this process could not store (totals since start)"
+        );
+    }
 }
 
 /// Per-connection socket options for accepted clients. Without `TCP_NODELAY`

@@ -218,6 +218,11 @@ impl Gateway {
         self.inner.spend.dropped()
     }
 
+    /// Spend records lost because the database refused their batch.
+    pub fn spend_failed(&self) -> u64 {
+        self.inner.spend.failed()
+    }
+
     /// Wait until queued spend records are written (shutdown, tests).
     pub async fn flush_spend(&self) {
         self.inner.spend.flush().await;

@@ -1,6 +1,8 @@
 //! Spend events written off the request path: requests `try_send` into a
 //! bounded queue; one writer task batches them into the database. A full
-//! queue drops the record and counts it rather than slowing requests down.
+//! queue drops the record and counts it rather than slowing requests down;
+//! a batch the database refuses is logged and its records counted too, so
+//! operators can see spend that was never stored.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,14 +23,16 @@ enum Msg {
 pub struct SpendQueue {
     tx: mpsc::Sender<Msg>,
     dropped: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
 }
 
 impl SpendQueue {
     /// Start the writer task.
     pub fn start(store: Store, capacity: usize) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        tokio::spawn(writer(store, rx));
-        Self { tx, dropped: Arc::new(AtomicU64::new(0)) }
+        let failed = Arc::new(AtomicU64::new(0));
+        tokio::spawn(writer(store, rx, failed.clone()));
+        Self { tx, dropped: Arc::new(AtomicU64::new(0)), failed }
     }
 
     /// Queue a record without waiting.
@@ -41,9 +45,14 @@ impl SpendQueue {
         }
     }
 
-    /// Records dropped so far.
+    /// Records dropped so far because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records lost so far because the database refused their batch.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Wait until everything queued before this call is written.
@@ -55,21 +64,22 @@ impl SpendQueue {
     }
 }
 
-async fn write(store: &Store, batch: &mut Vec<SpendRecord>) {
+async fn write(store: &Store, batch: &mut Vec<SpendRecord>, failed: &AtomicU64) {
     if batch.is_empty() {
         return;
     }
     let records = std::mem::replace(batch, Vec::with_capacity(BATCH));
     let n = records.len();
     if let Err(e) = store.insert_spend(records).await {
-        tracing::error!(error = %e, records = n, "failed to write spend records");
+        let total = failed.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        tracing::error!(error = %e, records = n, failed_total = total, "failed to write spend records");
     }
 }
 
 /// Drains the queue in batches. Everything already queued is taken in one
 /// wake-up (`recv_many`), and a batch's linger is one deadline set when its
 /// first record arrives, not a fresh timer per record.
-async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
+async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>, failed: Arc<AtomicU64>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut inbox = Vec::with_capacity(BATCH);
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -80,7 +90,7 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
             Some(at) => match tokio::time::timeout_at(at, rx.recv_many(&mut inbox, room)).await {
                 Ok(n) => n,
                 Err(_) => {
-                    write(&store, &mut batch).await;
+                    write(&store, &mut batch, &failed).await;
                     deadline = None;
                     continue;
                 }
@@ -88,7 +98,7 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
         };
         if received == 0 {
             // Every sender is gone: the gateway is shutting down.
-            write(&store, &mut batch).await;
+            write(&store, &mut batch, &failed).await;
             return;
         }
         for msg in inbox.drain(..) {
@@ -96,12 +106,12 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
                 Msg::Record(r) => {
                     batch.push(*r);
                     if batch.len() >= BATCH {
-                        write(&store, &mut batch).await;
+                        write(&store, &mut batch, &failed).await;
                         deadline = None;
                     }
                 }
                 Msg::Flush(done) => {
-                    write(&store, &mut batch).await;
+                    write(&store, &mut batch, &failed).await;
                     deadline = None;
                     let _ = done.send(());
                 }

@@ -115,5 +115,8 @@ async fn spend_summary(State(gw): State<Gateway>, headers: HeaderMap, Query(p): 
     require_admin(&gw, &headers)?;
     let group_by = p.group_by.unwrap_or_else(|| "model".into());
     let rows = gw.spend_summary(&group_by, p.from.as_deref(), p.to.as_deref()).await?;
-    Ok(Json(json!({ "group_by": group_by, "data": rows })).into_response())
+    // Records this process could not store, since it started: the totals
+    // above are short by these requests.
+    let unrecorded = json!({ "queue_full": gw.spend_dropped(), "write_failed": gw.spend_failed() });
+    Ok(Json(json!({ "group_by": group_by, "data": rows, "unrecorded": unrecorded })).into_response())
 }
