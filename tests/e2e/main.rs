@@ -5,6 +5,7 @@ mod admin_models;
 mod config_bootstrap;
 mod credentials;
 mod endpoints;
+mod https_upstream;
 mod proxy;
 mod routing;
 mod spend_store;

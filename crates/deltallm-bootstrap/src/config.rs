@@ -78,6 +78,9 @@ pub struct GeneralSettings {
     pub upstream_http_connect_timeout_seconds: u64,
     /// Idle pooled connections per upstream host.
     pub upstream_http_pool_max_idle_per_host: usize,
+    /// PEM file of extra root certificates for HTTPS upstreams (a private CA),
+    /// trusted besides the system's roots.
+    pub upstream_ca_bundle: Option<PathBuf>,
     /// Largest accepted request body in bytes (default 10 MiB).
     pub max_request_body_bytes: usize,
     /// Spend queue capacity.
@@ -110,6 +113,7 @@ impl Default for GeneralSettings {
             upstream_http_read_timeout_seconds: core.upstream_read_timeout.as_secs(),
             upstream_http_connect_timeout_seconds: core.upstream_connect_timeout.as_secs(),
             upstream_http_pool_max_idle_per_host: core.upstream_pool_max_idle_per_host,
+            upstream_ca_bundle: None,
             max_request_body_bytes: core.max_request_body_bytes,
             spend_queue_capacity: core.spend_queue_capacity,
             openai_api_key: None,
@@ -317,6 +321,12 @@ impl LoadedConfig {
             upstream_connect_timeout: Duration::from_secs(g.upstream_http_connect_timeout_seconds.max(1)),
             upstream_read_timeout: Duration::from_secs(g.upstream_http_read_timeout_seconds.max(1)),
             upstream_pool_max_idle_per_host: g.upstream_http_pool_max_idle_per_host,
+            upstream_extra_root_certs_pem: match &g.upstream_ca_bundle {
+                None => None,
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    Error::Config(format!("general_settings.upstream_ca_bundle: cannot read {}: {e}", path.display()))
+                })?),
+            },
             max_request_body_bytes: g.max_request_body_bytes,
             spend_queue_capacity: g.spend_queue_capacity.max(1),
             background_health_checks: g.background_health_checks,

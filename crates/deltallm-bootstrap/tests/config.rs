@@ -200,3 +200,22 @@ fn the_example_config_loads_as_documented() {
         Ok(())
     });
 }
+
+#[test]
+fn upstream_ca_bundle_is_read_at_load_and_a_missing_file_is_named() {
+    Jail::expect_with(|jail| {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        jail.create_file("private-ca.pem", pem)?;
+        jail.create_file("config.yaml", "general_settings:\n  upstream_ca_bundle: private-ca.pem\n")?;
+        let s = load(None).unwrap().gateway_settings(None).unwrap();
+        assert_eq!(s.upstream_extra_root_certs_pem.as_deref(), Some(pem.as_bytes()));
+
+        jail.create_file("config.yaml", "general_settings:\n  upstream_ca_bundle: /nonexistent/ca.pem\n")?;
+        let e = err_of(load(None).unwrap().gateway_settings(None));
+        assert!(e.contains("general_settings.upstream_ca_bundle: cannot read /nonexistent/ca.pem"), "{e}");
+
+        jail.create_file("config.yaml", "general_settings: {}\n")?;
+        assert!(load(None).unwrap().gateway_settings(None).unwrap().upstream_extra_root_certs_pem.is_none());
+        Ok(())
+    });
+}

@@ -160,6 +160,7 @@ impl Gateway {
             connect_timeout: settings.upstream_connect_timeout,
             read_timeout: settings.upstream_read_timeout,
             pool_max_idle_per_host: settings.upstream_pool_max_idle_per_host,
+            extra_root_certs_pem: settings.upstream_extra_root_certs_pem.clone(),
             ..HttpSettings::default()
         })
         .map_err(|e| StartError::Client(e.to_string()))?;

@@ -46,6 +46,8 @@ pub struct GatewaySettings {
     pub upstream_read_timeout: Duration,
     /// Idle pooled connections kept per upstream host.
     pub upstream_pool_max_idle_per_host: usize,
+    /// PEM certificates trusted for HTTPS upstreams besides the system's roots.
+    pub upstream_extra_root_certs_pem: Option<Vec<u8>>,
     /// Largest accepted request body.
     pub max_request_body_bytes: usize,
     /// Spend queue capacity; records beyond it are dropped and counted.
@@ -123,6 +125,7 @@ impl Default for GatewaySettings {
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_read_timeout: Duration::from_secs(300),
             upstream_pool_max_idle_per_host: 256,
+            upstream_extra_root_certs_pem: None,
             max_request_body_bytes: 10 * 1024 * 1024,
             spend_queue_capacity: 10_000,
             background_health_checks: false,

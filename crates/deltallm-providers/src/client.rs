@@ -38,6 +38,9 @@ pub struct HttpSettings {
     /// Call `http://` upstreams with the direct client (see [`Providers`]);
     /// `false` sends everything through reqwest.
     pub direct_plain_http: bool,
+    /// PEM certificates trusted for HTTPS upstreams besides the system's
+    /// roots (a private CA in front of self-hosted servers).
+    pub extra_root_certs_pem: Option<Vec<u8>>,
 }
 
 impl Default for HttpSettings {
@@ -48,6 +51,7 @@ impl Default for HttpSettings {
             pool_max_idle_per_host: 256,
             pool_idle_timeout: Duration::from_secs(90),
             direct_plain_http: true,
+            extra_root_certs_pem: None,
         }
     }
 }
@@ -143,7 +147,16 @@ enum Wire {
 impl Providers {
     /// Build the shared client.
     pub fn new(settings: &HttpSettings) -> Result<Self> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &settings.extra_root_certs_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::transport(format!("extra upstream CA certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(Error::transport("extra upstream CA certificates: no PEM certificate found"));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder
             .connect_timeout(settings.connect_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
             .pool_idle_timeout(settings.pool_idle_timeout)
@@ -472,4 +485,19 @@ async fn with_timer<T>(limit: Duration, what: &str, fut: impl Future<Output = Re
     tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
         Err(Error::timeout(format!("Upstream did not answer within the {:.3} s {what}", limit.as_secs_f64())))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_extra_ca_bundle_without_certificates_is_refused_at_start() {
+        for pem in [&b"not a certificate"[..], b"", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"] {
+            let settings = HttpSettings { extra_root_certs_pem: Some(pem.to_vec()), ..HttpSettings::default() };
+            let err = Providers::new(&settings).expect_err("no certificate in the bundle");
+            assert!(err.message.contains("extra upstream CA certificates"), "{}", err.message);
+        }
+        assert!(Providers::new(&HttpSettings::default()).is_ok());
+    }
 }
