@@ -333,6 +333,13 @@ spend_ns() { # CPU time (ns, schedstat) of the gateway's SQLite spend writer thr
   done
   echo 0
 }
+spend_dropped() { # spend records the gateway dropped so far (queue full), from its spend summary
+  # An empty time range: the counters without reading spend rows (which would
+  # fill a pool connection's page cache and show up as peak RSS).
+  curl -fsS --max-time 30 -H "Authorization: Bearer $KEY" \
+    "http://127.0.0.1:$GW_PORT/ui/api/spend/summary?from=2999-01-01" 2>/dev/null |
+    grep -o '"queue_full":[0-9]*' | cut -d: -f2 || echo 0
+}
 peak_kib() { # max VmHWM over the given pids
   local max=0 p v
   for p in "$@"; do
@@ -403,7 +410,7 @@ if (((bl1 - bl0) * 100 > 10 * (blt1 - blt0 + 1) || (bp1 - bp0) * 100 > 10 * (bpt
 fi
 
 RAW=$OUT/raw.tsv
-printf 'target\tmode\tc\trequests\tduration_us\terrors\trps\tmean_us\tp50_us\tp90_us\tp99_us\tp999_us\tcpu_us_per_req\tpeak_rss_kib\tcore%s_busy_pct\tcore%s_busy_pct\tcore%s_steal_pct\tcore%s_steal_pct\tkernel_pct\tspend_writer_us_per_req\n' \
+printf 'target\tmode\tc\trequests\tduration_us\terrors\trps\tmean_us\tp50_us\tp90_us\tp99_us\tp999_us\tcpu_us_per_req\tpeak_rss_kib\tcore%s_busy_pct\tcore%s_busy_pct\tcore%s_steal_pct\tcore%s_steal_pct\tkernel_pct\tspend_writer_us_per_req\tspend_records_dropped\n' \
   "$LOADGEN_CPU" "$PROXY_CPU" "$LOADGEN_CPU" "$PROXY_CPU" >"$RAW"
 
 measure() { # $1 = target, $2 = mode, $3 = concurrency
@@ -415,9 +422,9 @@ measure() { # $1 = target, $2 = mode, $3 = concurrency
   if ((WARMUP > 0)); then
     run_wrk "$label-warmup" "$url" "$body" "$c" "$WARMUP" "$HERE/wrk-post.lua" >"$OUT/$label-warmup.txt" 2>&1 || true
   fi
-  local t0 t1 l0 l1 p0 p1 peak=0
+  local t0 t1 l0 l1 p0 p1 peak=0 s0 s1 w0=0 w1=0 q0=0 q1=0
+  [[ $target == gateway ]] && q0=$(spend_dropped)
   ((${#pids[@]})) && reset_peak "${pids[@]}"
-  local s0 s1 w0=0 w1=0
   [[ $target == gateway ]] && w0=$(spend_ns)
   read -r t0 s0 < <( ((${#pids[@]})) && cpu_ticks "${pids[@]}" || echo 0 0)
   local ls0 ls1 ps0 ps1
@@ -430,10 +437,11 @@ measure() { # $1 = target, $2 = mode, $3 = concurrency
   read -r l1 lt1 ls1 < <(core_busy "$LOADGEN_CPU")
   read -r p1 pt1 ps1 < <(core_busy "$PROXY_CPU")
   ((${#pids[@]})) && peak=$(peak_kib "${pids[@]}")
+  [[ $target == gateway ]] && q1=$(spend_dropped)
   local line
   line=$(grep '^RESULT ' "$OUT/$label.txt") || die "no result line for $label"
   awk -v line="$line" -v target="$target" -v mode="$mode" -v c="$c" -v ticks=$((t1 - t0)) -v sticks=$((s1 - s0)) -v hz="$CLK_TCK" \
-    -v haspids="${#pids[@]}" -v peak="$peak" -v spendns=$((w1 - w0)) -v isgw=$([[ $target == gateway ]] && echo 1 || echo 0) \
+    -v haspids="${#pids[@]}" -v peak="$peak" -v spendns=$((w1 - w0)) -v spenddrop=$(( ${q1:-0} - ${q0:-0} )) -v isgw=$([[ $target == gateway ]] && echo 1 || echo 0) \
     -v lb=$((l1 - l0)) -v lt=$((lt1 - lt0)) -v pb=$((p1 - p0)) -v pt=$((pt1 - pt0)) \
     -v lst=$((ls1 - ls0)) -v pst=$((ps1 - ps0)) 'BEGIN {
       n = split(line, kv, " ");
@@ -444,9 +452,10 @@ measure() { # $1 = target, $2 = mode, $3 = concurrency
       pk = (haspids > 0) ? peak : "-";
       kern = (haspids > 0 && ticks > 0) ? sprintf("%.0f", 100 * sticks / ticks) : "-";
       spend = (isgw && r["requests"] > 0) ? sprintf("%.1f", spendns / 1000 / r["requests"]) : "-";
-      printf "%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\n", target, mode, c,
+      dropped = isgw ? spenddrop : "-";
+      printf "%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\n", target, mode, c,
         r["requests"], r["duration_us"], err, rps, r["mean_us"], r["p50_us"], r["p90_us"], r["p99_us"], r["p999_us"],
-        cpu, pk, (lt ? 100 * lb / lt : 0), (pt ? 100 * pb / pt : 0), (lt ? 100 * lst / lt : 0), (pt ? 100 * pst / pt : 0), kern, spend
+        cpu, pk, (lt ? 100 * lb / lt : 0), (pt ? 100 * pb / pt : 0), (lt ? 100 * lst / lt : 0), (pt ? 100 * pst / pt : 0), kern, spend, dropped
     }' >>"$RAW"
   if [[ $(tail -n1 "$RAW" | cut -f6) != 0 ]]; then
     log "warning: $label had errors or non-2xx responses (see $OUT/$label.txt)"
@@ -498,12 +507,12 @@ REPORT=$OUT/report.md
     function ms(us) { return sprintf("%.3f", us / 1000) }
     function mib(k) { return k == "-" ? "-" : sprintf("%.1f", k / 1024) }
     END {
-      print "| target | mode | c | req/s | p50 ms | p99 ms | CPU µs/req | of it kernel | of it spend writer µs | peak RSS MiB | errors | cpu" lc " busy | cpu" pc " busy | cpu" pc " stolen |";
-      print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+      print "| target | mode | c | req/s | p50 ms | p99 ms | CPU µs/req | of it kernel | of it spend writer µs | spend records dropped | peak RSS MiB | errors | cpu" lc " busy | cpu" pc " busy | cpu" pc " stolen |";
+      print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
       for (i = 1; i <= n; i++) {
         split(rows[i], f, "\t");
-        printf "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %d | %d%% | %d%% | %d%% |\n",
-          f[1], f[2], f[3], f[7], ms(f[9]), ms(f[11]), f[13], (f[19] == "-" ? "-" : f[19] "%"), f[20], mib(f[14]), f[6], f[15], f[16], f[18]
+        printf "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %d | %d%% | %d%% | %d%% |\n",
+          f[1], f[2], f[3], f[7], ms(f[9]), ms(f[11]), f[13], (f[19] == "-" ? "-" : f[19] "%"), f[20], f[21], mib(f[14]), f[6], f[15], f[16], f[18]
       }
     }' "$RAW"
   echo
@@ -512,11 +521,14 @@ REPORT=$OUT/report.md
   echo "Added p50 = p50(proxy) − p50(direct) at the same mode and concurrency."
   echo
   awk -F'\t' -v gwpeak="$GW_PEAK_TOTAL" -v maxsteal="$MAX_STEAL" 'NR == 1 { next }
-    { key = $1 SUBSEP $2 SUBSEP $3; rps[key] = $7; p50[key] = $9; p99[key] = $11; cpu[key] = $13; err[key] = $6; st[key] = $18; modes[$2] = 1; cs[$3] = 1 }
+    { key = $1 SUBSEP $2 SUBSEP $3; rps[key] = $7; p50[key] = $9; p99[key] = $11; cpu[key] = $13; err[key] = $6; st[key] = $18; dr[key] = $21; modes[$2] = 1; cs[$3] = 1 }
     function verdict(ok) { return ok ? "PASS" : "FAIL" }
     # A row during which the hypervisor took more than maxsteal % of the
     # proxy core measured the host, not the proxy: no verdict for it.
+    # A gateway row that dropped spend records did less than the full work
+    # of a request: no verdict for it either.
     function judge(ok, g, x,   s) {
+      if (dr[g] != "-" && dr[g] > 0) return sprintf("no verdict (%d spend records dropped)", dr[g]);
       s = st[g] > st[x] ? st[g] : st[x];
       return s > maxsteal ? sprintf("no verdict (%d%% stolen)", s) : verdict(ok)
     }
