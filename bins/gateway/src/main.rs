@@ -62,7 +62,7 @@ async fn rotate_key(config: Option<PathBuf>, source: NewKeySource) -> anyhow::Re
     }
     match &report.rewrote_key_file {
         Some(path) => println!(
-            "{} now holds the new key (old key kept in salt_key.previous); restart the gateway to use it",
+            "{} now holds the new key (old key kept in salt_key.previous); a running gateway on this data directory switches to it within a few seconds",
             path.display()
         ),
         None => println!(

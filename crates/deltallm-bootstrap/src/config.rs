@@ -149,6 +149,9 @@ pub struct LoadedConfig {
     pub config: Config,
     /// The file read, if any.
     pub source: Option<PathBuf>,
+    /// Things in the document that are accepted but read as nothing, for the
+    /// start-up log.
+    pub warnings: Vec<String>,
 }
 
 /// `DELTALLM_<NAME>` variables and the key path each sets.
@@ -256,7 +259,22 @@ pub fn load(path: Option<PathBuf>) -> Result<LoadedConfig, Error> {
             *field = value.as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
         }
     }
-    Ok(LoadedConfig { config, source: file })
+    // Reference configs may carry keys of their own, so an unknown key in an
+    // entry is named in the log rather than failing the start.
+    let warnings = config
+        .model_list
+        .iter()
+        .enumerate()
+        .flat_map(|(i, entry)| {
+            deltallm_domain::deployment::unknown_entry_keys(entry).into_iter().map(move |k| {
+                format!(
+                    "model_list[{i}].{k}: unknown key, ignored (an entry has {})",
+                    deltallm_domain::deployment::ENTRY_KEYS.join(", ")
+                )
+            })
+        })
+        .collect();
+    Ok(LoadedConfig { config, source: file, warnings })
 }
 
 /// CFG-1: a present `model_info` materializes defaults (weight 1, priority 0,

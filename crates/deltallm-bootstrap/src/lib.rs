@@ -83,6 +83,9 @@ pub fn key_ring(current: &SecretString, previous: &[SecretString]) -> Result<Key
 /// connect and migrate.
 pub async fn prepare(config_path: Option<PathBuf>) -> Result<Prepared, Error> {
     let loaded = config::load(config_path)?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
     let keys = keys::resolve(&loaded)?;
     let ring = key_ring(&keys.salt_key, &keys.previous_salt_keys)?;
     let store = connect_store(&keys.database_url, ring).await?;

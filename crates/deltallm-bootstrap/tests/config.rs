@@ -219,3 +219,32 @@ fn upstream_ca_bundle_is_read_at_load_and_a_missing_file_is_named() {
         Ok(())
     });
 }
+
+#[test]
+fn unknown_keys_of_a_model_list_entry_are_named_not_silently_dropped() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.yaml",
+            r#"
+model_list:
+  - model_name: ok
+    deltallm_params: {provider: vllm, model: m, api_base: "http://127.0.0.1:8000/v1"}
+  - model_name: typo
+    deltallm_params: {provider: vllm, model: m, api_base: "http://127.0.0.1:8000/v1"}
+    modle_info: {mode: embedding}
+"#,
+        )?;
+        let loaded = load(None).unwrap();
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(
+            loaded.warnings[0].starts_with("model_list[1].modle_info: unknown key, ignored"),
+            "{:?}",
+            loaded.warnings
+        );
+        assert!(loaded.warnings[0].contains("model_info"), "the message lists the keys an entry has");
+        // The entry itself still loads, with the default mode.
+        let s = loaded.gateway_settings(None).unwrap();
+        assert_eq!(s.config_model_list.len(), 2);
+        Ok(())
+    });
+}

@@ -20,3 +20,8 @@ mod streaming;
 pub use error::{Error, Result};
 pub use gateway::Gateway;
 pub use settings::{DeploymentSource, GatewaySettings};
+
+/// Types of the layers below that the gateway's own API takes, so that an
+/// HTTP front end needs only this crate and the domain crate.
+pub use deltallm_providers::{FormField, FormValue};
+pub use deltallm_storage::DeploymentQuery;

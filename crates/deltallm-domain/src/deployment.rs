@@ -241,6 +241,20 @@ fn optional_id(obj: &Map<String, Value>, key: &str) -> Result<Option<Option<Stri
     }
 }
 
+/// The keys of a deployment entry (CFG-1; the admin create body has the same).
+pub const ENTRY_KEYS: [&str; 6] =
+    ["model_name", "deployment_id", "named_credential_id", "deltallm_params", "litellm_params", "model_info"];
+
+/// Top-level keys of an entry that are not in [`ENTRY_KEYS`], in document
+/// order: read as nothing, so a config names them rather than dropping a
+/// misspelt `model_info` silently.
+pub fn unknown_entry_keys(value: &Value) -> Vec<&str> {
+    match value {
+        Value::Object(obj) => obj.keys().map(String::as_str).filter(|k| !ENTRY_KEYS.contains(k)).collect(),
+        _ => Vec::new(),
+    }
+}
+
 impl DeploymentInput {
     /// Read a create body (or a config `model_list` entry). Accepts the
     /// `litellm_params` alias. Shape errors are 400s naming the field.
