@@ -17,6 +17,7 @@
 # BENCH_OVERHEAD_SECONDS (3; 0 skips the x-deltallm-overhead-us sampling),
 # BENCH_KEEP_RUNDIR=1 (keep configs and gateway data), BENCH_CALLGRIND=1 (instructions
 # per request under valgrind instead of timings: repeatable on a noisy machine), CARGO_TARGET_DIR,
+# BENCH_CALLGRIND_CACHE=1 (with BENCH_CALLGRIND=1: callgrind's cache simulation, misses per request),
 # BENCH_GATEWAY_BIN (use this binary instead of building one), BENCH_MAX_STEAL (%, 5: a
 # ratio whose rows lost more of the proxy core to the hypervisor gets no verdict).
 set -euo pipefail
@@ -248,7 +249,9 @@ wait_http "http://127.0.0.1:$PROXY_PORT/" || die "nginx proxy did not start"
 log "starting gateway on cpu $PROXY_CPU (:$GW_PORT)"
 mkdir -p "$RUN/gw-data"
 GW_WRAP=()
+CACHE_SIM=${BENCH_CALLGRIND_CACHE:-0}
 [[ $CALLGRIND == 1 ]] && GW_WRAP=(valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out")
+[[ $CALLGRIND == 1 && $CACHE_SIM == 1 ]] && GW_WRAP=(valgrind --tool=callgrind --cache-sim=yes --callgrind-out-file="$OUT/callgrind.out")
 env NO_COLOR=1 DELTALLM_HOST=127.0.0.1 DELTALLM_PORT="$GW_PORT" DELTALLM_DATA_DIR="$RUN/gw-data" \
   taskset -c "$PROXY_CPU" "${GW_WRAP[@]}" "$GATEWAY_BIN" >"$OUT/gateway.log" 2>&1 &
 GW_PID=$!
@@ -371,8 +374,13 @@ if [[ $CALLGRIND == 1 ]]; then
   command -v callgrind_control >/dev/null || die "callgrind_control not found (valgrind)"
   C=${BENCH_CALLGRIND_CONCURRENCY:-32}
   {
-    echo "| mode | c | requests | instructions | instructions per request |"
-    echo "|---|---:|---:|---:|---:|"
+    if [[ $CACHE_SIM == 1 ]]; then
+      echo "| mode | c | requests | instructions | instructions per request | L1 data misses per request | last-level misses per request |"
+      echo "|---|---:|---:|---:|---:|---:|---:|"
+    else
+      echo "| mode | c | requests | instructions | instructions per request |"
+      echo "|---|---:|---:|---:|---:|"
+    fi
   } >"$OUT/instructions.md"
   for mode in $MODES; do
     label="gateway-$mode-c$C"
@@ -390,7 +398,16 @@ if [[ $CALLGRIND == 1 ]]; then
     reqs=$(grep '^RESULT ' "$OUT/$label.txt" | tr ' ' '\n' | awk -F= '$1 == "requests" {print $2}')
     [[ -n $ir && ${reqs:-0} -gt 0 ]] || die "no instruction count or requests for $label"
     mv "$dump" "$OUT/callgrind-$label.out"
-    printf '| %s | %s | %s | %s | %s |\n' "$mode" "$C" "$reqs" "$ir" "$((ir / reqs))" >>"$OUT/instructions.md"
+    if [[ $CACHE_SIM == 1 ]]; then
+      # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw (callgrind's order with --cache-sim=yes)
+      awk -v mode="$mode" -v c="$C" -v reqs="$reqs" '/^events:/ { for (i = 2; i <= NF; i++) name[i] = $i }
+        /^(summary|totals):/ { for (i = 2; i <= NF; i++) v[name[i]] = $i;
+          printf "| %s | %s | %s | %s | %d | %.1f | %.2f |\n", mode, c, reqs, v["Ir"], v["Ir"] / reqs,
+            (v["D1mr"] + v["D1mw"]) / reqs, (v["ILmr"] + v["DLmr"] + v["DLmw"]) / reqs; exit }' \
+        "$OUT/callgrind-$label.out" >>"$OUT/instructions.md"
+    else
+      printf '| %s | %s | %s | %s | %s |\n' "$mode" "$C" "$reqs" "$ir" "$((ir / reqs))" >>"$OUT/instructions.md"
+    fi
   done
   cat "$OUT/instructions.md"
   log "raw results: $OUT (callgrind_annotate --inclusive=yes $OUT/callgrind-<label>.out for a profile)"
