@@ -339,12 +339,18 @@ impl LoadedConfig {
             upstream_connect_timeout: Duration::from_secs(g.upstream_http_connect_timeout_seconds.max(1)),
             upstream_read_timeout: Duration::from_secs(g.upstream_http_read_timeout_seconds.max(1)),
             upstream_pool_max_idle_per_host: g.upstream_http_pool_max_idle_per_host,
-            upstream_extra_root_certs_pem: match &g.upstream_ca_bundle {
-                None => None,
-                Some(path) => Some(std::fs::read(path).map_err(|e| {
-                    Error::Config(format!("general_settings.upstream_ca_bundle: cannot read {}: {e}", path.display()))
-                })?),
-            },
+            upstream_extra_root_certs_pem: g
+                .upstream_ca_bundle
+                .as_ref()
+                .map(|path| {
+                    std::fs::read(path).map_err(|e| {
+                        Error::Config(format!(
+                            "general_settings.upstream_ca_bundle: cannot read {}: {e}",
+                            path.display()
+                        ))
+                    })
+                })
+                .transpose()?,
             max_request_body_bytes: g.max_request_body_bytes,
             spend_queue_capacity: g.spend_queue_capacity.max(1),
             background_health_checks: g.background_health_checks,
