@@ -772,8 +772,9 @@ on_both_backends!(spend_the_database_refused_or_the_queue_dropped_is_reported, |
     };
     txn.execute_unprepared(hold).await.unwrap();
     assert_eq!(call().await.status(), 200);
-    // Past the writer's 200 ms linger: it is now stuck in its insert.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Well past the writer's 200 ms linger (a loaded CI machine included):
+    // it is now stuck in its insert, inside SQLite's 5 s busy timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     for _ in 0..5 {
         assert_eq!(call().await.status(), 200, "a full spend queue never fails a request");
     }
