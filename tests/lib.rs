@@ -184,3 +184,33 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// One HTTP/1.1 request read off a raw upstream connection (for test
+/// upstreams that wiremock cannot play): its head, request line and headers,
+/// and its `content-length` body. `None` if the peer closes or fails first.
+pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(io: &mut R) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len = header_of(&head, "content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Some((head, buf[end + 4..end + 4 + len].to_vec()));
+            }
+        }
+        let n = io.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A header's value in a request head, by case-insensitive name.
+pub fn header_of<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines()
+        .skip(1)
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+}

@@ -5,11 +5,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use deltallm_e2e::{MASTER_KEY, TestApp, TestDb, test_settings};
+use deltallm_e2e::{MASTER_KEY, TestApp, TestDb, header_of, read_request, test_settings};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// A CA's PEM and a server certificate it signed for 127.0.0.1 and localhost.
@@ -51,37 +51,11 @@ async fn https_upstream(cert: CertificateDer<'static>, key: PrivateKeyDer<'stati
             tokio::spawn(async move {
                 // A refused handshake (the gateway not trusting the CA) ends here.
                 let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                let mut buf = Vec::new();
-                let head_end = loop {
-                    let mut chunk = [0u8; 4096];
-                    let n = tls.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                let header = |name: &str| {
-                    head.lines()
-                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)))
-                        .map(|(_, v)| v.trim().to_owned())
-                        .unwrap_or_default()
-                };
-                let length: usize = header("content-length").parse().unwrap_or(0);
-                while buf.len() < head_end + length {
-                    let mut chunk = [0u8; 4096];
-                    let n = tls.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let body: Value = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
+                let Some((head, body)) = read_request(&mut tls).await else { return };
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let line = head.lines().next().unwrap_or_default().to_owned();
-                log.lock().unwrap().push((line, header("authorization"), body));
+                let auth = header_of(&head, "authorization").unwrap_or_default().to_owned();
+                log.lock().unwrap().push((line, auth, body));
                 let answer = json!({"id": "chatcmpl-tls", "object": "chat.completion", "created": 1, "model": "up",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "over tls"}, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}})

@@ -329,27 +329,8 @@ async fn sse_upstream(then: Then) -> (String, oneshot::Sender<()>, oneshot::Rece
     let (closed_tx, closed_rx) = oneshot::channel::<bool>();
     tokio::spawn(async move {
         let (mut sock, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 65536];
-        let mut seen = Vec::new();
-        // Read the request head and body (small).
-        loop {
-            let n = sock.read(&mut buf).await.unwrap();
-            seen.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&seen);
-            if let Some(end) = text.find("\r\n\r\n") {
-                let len = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().unwrap())
-                    })
-                    .unwrap_or(0);
-                if seen.len() >= end + 4 + len {
-                    break;
-                }
-            }
-        }
+        deltallm_e2e::read_request(&mut sock).await.expect("a request");
+        let mut buf = [0u8; 4096];
         let chunk = |c: &str| {
             let data = format!(
                 "data: {}\n\n",
