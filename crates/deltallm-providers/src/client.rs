@@ -12,13 +12,15 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use http::header::CONTENT_TYPE;
 use reqwest::multipart::{Form, Part};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use crate::anthropic::{self, AnthropicSse};
 use crate::body::RequestBody;
 use crate::connection::Connection;
+use crate::direct;
 use crate::error::{Error, Result};
 use crate::operation::Operation;
-use crate::plain_http;
 use crate::sse::{ChatStream, OpenAiSse};
 use crate::usage::{self, Usage};
 use crate::{gemini, openai};
@@ -35,9 +37,9 @@ pub struct HttpSettings {
     pub pool_max_idle_per_host: usize,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
-    /// Call `http://` upstreams with the direct client (see [`Providers`]);
-    /// `false` sends everything through reqwest.
-    pub direct_plain_http: bool,
+    /// Send JSON calls with the direct client (see [`Providers`]); `false`
+    /// sends everything through reqwest.
+    pub direct_client: bool,
     /// PEM certificates trusted for HTTPS upstreams besides the system's
     /// roots (a private CA in front of self-hosted servers).
     pub extra_root_certs_pem: Option<Vec<u8>>,
@@ -50,7 +52,7 @@ impl Default for HttpSettings {
             read_timeout: Duration::from_secs(300),
             pool_max_idle_per_host: 256,
             pool_idle_timeout: Duration::from_secs(90),
-            direct_plain_http: true,
+            direct_client: true,
             extra_root_certs_pem: None,
         }
     }
@@ -61,18 +63,18 @@ pub(crate) const USER_AGENT_VALUE: &str = concat!("deltallm/", env!("CARGO_PKG_V
 
 /// The provider adapters over shared connection pools. Cheap to clone.
 ///
-/// Chat, completions and other JSON calls to `http://` upstreams (vLLM,
-/// Ollama, LM Studio and other self-hosted servers) go through the direct
-/// HTTP/1.1 client of `plain_http.rs`, which runs the exchange inside the
-/// request's task (see there for why). HTTPS, multipart and health probes use
-/// reqwest (TLS, system proxies). When an HTTP proxy is configured in the
-/// environment, plain HTTP goes through reqwest too, so it keeps honouring
-/// the proxy.
+/// Chat, completions and other JSON calls go through the direct HTTP/1.1
+/// client of `direct.rs`, over TCP or TLS, which runs the exchange inside
+/// the request's task (see there for why). Multipart and health probes use
+/// reqwest. When a proxy is configured in the environment (`HTTP_PROXY`,
+/// `HTTPS_PROXY`, `ALL_PROXY`), the scheme it covers goes through reqwest,
+/// which honours it.
 #[derive(Debug, Clone)]
 pub struct Providers {
     client: reqwest::Client,
-    /// The direct client's settings; `None` when `HTTP_PROXY`/`ALL_PROXY` is set.
-    plain: Option<plain_http::Settings>,
+    /// The direct client's settings; `None` when it is off or proxies cover
+    /// both schemes.
+    direct: Option<direct::Settings>,
     read_timeout: Duration,
 }
 
@@ -148,6 +150,7 @@ impl Providers {
     /// Build the shared client.
     pub fn new(settings: &HttpSettings) -> Result<Self> {
         let mut builder = reqwest::Client::builder();
+        let mut extra_roots = Vec::new();
         if let Some(pem) = &settings.extra_root_certs_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| Error::transport(format!("extra upstream CA certificates: {e}")))?;
@@ -155,6 +158,9 @@ impl Providers {
                 return Err(Error::transport("extra upstream CA certificates: no PEM certificate found"));
             }
             builder = builder.tls_certs_merge(certs);
+            extra_roots = CertificateDer::pem_slice_iter(pem)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::transport(format!("extra upstream CA certificates: {e}")))?;
         }
         let client = builder
             .connect_timeout(settings.connect_timeout)
@@ -166,15 +172,19 @@ impl Providers {
             .user_agent(USER_AGENT_VALUE)
             .build()
             .map_err(Error::from_reqwest)?;
-        let proxied = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
-            .iter()
-            .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
-        let plain = (settings.direct_plain_http && !proxied).then_some(plain_http::Settings {
+        let set = |keys: &[&str]| keys.iter().any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+        let all = set(&["ALL_PROXY", "all_proxy"]);
+        let plain = !all && !set(&["HTTP_PROXY", "http_proxy"]);
+        let tls =
+            if all || set(&["HTTPS_PROXY", "https_proxy"]) { None } else { Some(direct::tls_connector(extra_roots)?) };
+        let direct = (settings.direct_client && (plain || tls.is_some())).then(|| direct::Settings {
             connect_timeout: settings.connect_timeout,
             max_idle: settings.pool_max_idle_per_host,
             idle_timeout: settings.pool_idle_timeout,
+            plain,
+            tls,
         });
-        Ok(Self { client, plain, read_timeout: settings.read_timeout })
+        Ok(Self { client, direct, read_timeout: settings.read_timeout })
     }
 
     /// One upstream attempt for a JSON endpoint. `deadline` bounds the whole
@@ -199,13 +209,14 @@ impl Providers {
         let stream = body.stream() && op.is_chat_family();
         let (wire, payload) = prepare(conn, op, body, stream)?;
         let url = conn.url(op).ok_or_else(|| unsupported(conn, op))?;
-        let (content_type, bytes) = match (self.plain, conn.plain_target(op)) {
-            (Some(plain), Some(target)) => {
+        let direct = self.direct.as_ref().zip(conn.direct_target(op)).filter(|(d, (target, _))| d.serves(target));
+        let (content_type, bytes) = match direct {
+            Some((settings, target)) => {
                 conn.require_key()?;
                 if stream {
-                    return self.plain_stream(plain, conn, target, &payload, wire, deadline).await;
+                    return self.direct_stream(settings, conn, target, &payload, wire, deadline).await;
                 }
-                self.plain_unary(plain, conn, target, &payload, deadline).await?
+                self.direct_unary(settings, conn, target, &payload, deadline).await?
             }
             _ => {
                 let request = conn
@@ -336,18 +347,18 @@ impl Providers {
         .await
     }
 
-    /// [`Providers::unary`] on the direct plain-HTTP client.
-    async fn plain_unary(
+    /// [`Providers::unary`] on the direct client.
+    async fn direct_unary(
         &self,
-        plain: plain_http::Settings,
+        settings: &direct::Settings,
         conn: &Connection,
-        (target, pool): (&plain_http::Target, &Arc<plain_http::Pool>),
+        (target, pool): (&direct::Target, &Arc<direct::Pool>),
         payload: &[u8],
         deadline: Option<Duration>,
     ) -> Result<(String, Bytes)> {
         let (limit, what) = self.timer_for(conn, deadline);
         with_timer(limit, what, async move {
-            let response = plain_http::post(plain, pool, target, payload).await?;
+            let response = direct::post(settings, pool, target, payload).await?;
             let bytes = response.body.collect().await?;
             if !(200..300).contains(&response.status) {
                 let headers = response.headers.unwrap_or_default();
@@ -358,18 +369,18 @@ impl Providers {
         .await
     }
 
-    /// [`Providers::stream`] on the direct plain-HTTP client.
-    async fn plain_stream(
+    /// [`Providers::stream`] on the direct client.
+    async fn direct_stream(
         &self,
-        plain: plain_http::Settings,
+        settings: &direct::Settings,
         conn: &Connection,
-        (target, pool): (&plain_http::Target, &Arc<plain_http::Pool>),
+        (target, pool): (&direct::Target, &Arc<direct::Pool>),
         payload: &[u8],
         wire: Wire,
         deadline: Option<Duration>,
     ) -> Result<Reply> {
         let response = with_deadline(deadline, async move {
-            let response = plain_http::post(plain, pool, target, payload).await?;
+            let response = direct::post(settings, pool, target, payload).await?;
             if !(200..300).contains(&response.status) {
                 let headers = response.headers.unwrap_or_default();
                 let bytes = response.body.collect().await.unwrap_or_default();

@@ -18,9 +18,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::body::RequestBody;
+use crate::direct::{Pool, Target};
 use crate::error::{Error, Result};
 use crate::operation::Operation;
-use crate::plain_http::{Pool, Target};
 
 /// Anthropic API version sent when the deployment sets none (RUN-18).
 pub(crate) const ANTHROPIC_DEFAULT_VERSION: &str = "2023-06-01";
@@ -53,11 +53,11 @@ pub struct Connection {
     /// Endpoint URL per [`Operation`] index; `None` where the wire family has
     /// no such endpoint.
     urls: Arc<[Option<Url>; 7]>,
-    /// The same endpoints as request heads for the direct plain-HTTP
-    /// client (see `plain_http.rs`), when the upstream speaks plain HTTP.
-    plain_targets: Arc<[Option<Target>; 7]>,
+    /// The same endpoints as request heads for the direct client (see
+    /// `direct.rs`).
+    direct_targets: Arc<[Option<Target>; 7]>,
     /// That client's idle connections to this deployment.
-    plain_pool: Arc<Pool>,
+    direct_pool: Arc<Pool>,
     models_url: Option<Url>,
     auth: Auth,
     /// Fixed headers besides auth (anthropic-version).
@@ -204,7 +204,7 @@ impl Connection {
             head_headers.push((name, value));
         }
         head_headers.extend(extra_headers.iter().map(|(name, value)| (name, value)));
-        let plain_targets = std::array::from_fn(|i| urls[i].as_ref().and_then(|u| Target::post(u, &head_headers)));
+        let direct_targets = std::array::from_fn(|i| urls[i].as_ref().and_then(|u| Target::post(u, &head_headers)));
 
         Ok(Connection {
             provider: provider_name.into(),
@@ -213,8 +213,8 @@ impl Connection {
             upstream_model: upstream_model.into(),
             model_json: model_json.into(),
             api_base: api_base.into(),
-            plain_targets: Arc::new(plain_targets),
-            plain_pool: Arc::default(),
+            direct_targets: Arc::new(direct_targets),
+            direct_pool: Arc::default(),
             urls: Arc::new(urls),
             models_url,
             auth,
@@ -299,10 +299,10 @@ impl Connection {
         self.urls[op.index()].as_ref()
     }
 
-    /// The endpoint for the direct client, if the upstream is `http://`,
-    /// and that client's connections to it.
-    pub(crate) fn plain_target(&self, op: Operation) -> Option<(&Target, &Arc<Pool>)> {
-        self.plain_targets[op.index()].as_ref().map(|t| (t, &self.plain_pool))
+    /// The endpoint for the direct client, if the upstream is `http://` or
+    /// `https://`, and that client's connections to it.
+    pub(crate) fn direct_target(&self, op: Operation) -> Option<(&Target, &Arc<Pool>)> {
+        self.direct_targets[op.index()].as_ref().map(|t| (t, &self.direct_pool))
     }
 
     /// RUN-18: a provider that needs a key and has none fails before anything is sent.

@@ -314,7 +314,7 @@ async fn streams_ask_for_usage_so_they_can_be_priced() {
     assert_eq!(usage.map(|u| u.total_tokens), Some(6));
 }
 
-/// The direct plain-HTTP client and reqwest (HTTPS, proxies) put the same
+/// The direct client and reqwest (proxies, multipart, probes) put the same
 /// request on the wire and read the same answer, JSON and streamed, errors too.
 #[tokio::test]
 async fn both_clients_speak_the_same_wire() {

@@ -17,7 +17,7 @@ pub fn providers() -> Providers {
 pub fn reqwest_providers() -> Providers {
     Providers::new(&HttpSettings {
         read_timeout: Duration::from_secs(30),
-        direct_plain_http: false,
+        direct_client: false,
         ..HttpSettings::default()
     })
     .unwrap()

@@ -1,5 +1,6 @@
-//! A small HTTP/1.1 client for plain-HTTP upstreams (self-hosted vLLM,
-//! Ollama, LM Studio and other servers on a private network).
+//! A small HTTP/1.1 client for JSON calls to upstreams, over plain TCP
+//! (self-hosted vLLM, Ollama, LM Studio on a private network) or TLS (every
+//! hosted provider).
 //!
 //! Why not hyper's client here: hyper-util's pooled client runs every
 //! upstream connection as its own task and hands each request to it over a
@@ -7,10 +8,12 @@
 //! one lock for all hosts, and a boxed future per request. Under load that
 //! was about a quarter of the gateway's CPU per request
 //! (docs/benchmarks.md). This client does the exchange inside the calling
-//! task instead: one `writev` of the precomputed request head and the body,
-//! then the response head parsed with `httparse` and the body read straight
-//! into the buffer the caller's `Bytes` share, with no copy. HTTPS, proxies,
-//! multipart uploads and health probes stay on reqwest.
+//! task instead: one vectored write of the precomputed request head and the
+//! body, then the response head parsed with `httparse` and the body read
+//! straight into the buffer the caller's `Bytes` share, with no copy. TLS is
+//! rustls with the platform's roots (plus `extra_root_certs_pem`), the same
+//! verifier reqwest uses, and ALPN `http/1.1`. Proxies, multipart uploads
+//! and health probes stay on reqwest.
 //!
 //! Connections are kept per deployment ([`Pool`], one short lock per
 //! checkout and return, never shared between deployments) and reused only
@@ -21,14 +24,16 @@
 //! which closes the socket and so cancels the upstream's work.
 //!
 //! A pooled connection the upstream has already closed is recognised before
-//! use (its socket reads as end-of-file) and discarded. One that fails while
-//! the request is being written is retried once on a fresh connection: the
-//! upstream cannot have acted on a request it did not receive whole. A failure after the request was
+//! use (its socket reads as end-of-file; over TLS, anything readable at all)
+//! and discarded. One that fails while the request is being written is
+//! retried once on a fresh connection: the upstream cannot have acted on a
+//! request it did not receive whole. A failure after the request was
 //! written is not retried here, as nginx and Go's client do for `POST`: the
 //! upstream may have started generating, and the gateway's own retry policy
 //! (RUN-11) decides.
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -37,8 +42,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{BoxStream, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
-use tokio::io::AsyncReadExt;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_util::io::poll_read_buf;
 
 use crate::error::{Error, Result};
@@ -59,11 +67,35 @@ const KEEP_BUFFER: usize = 64 * 1024;
 const MAX_LINE: usize = 4 * 1024;
 
 /// Client settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct Settings {
     pub connect_timeout: Duration,
     pub max_idle: usize,
     pub idle_timeout: Duration,
+    /// `http://` upstreams go through this client (no HTTP proxy configured).
+    pub plain: bool,
+    /// `https://` upstreams go through this client with this TLS setup (no
+    /// HTTPS proxy configured).
+    pub tls: Option<TlsConnector>,
+}
+
+impl Settings {
+    /// Whether this client calls `target` (otherwise reqwest does).
+    pub(crate) fn serves(&self, target: &Target) -> bool {
+        if target.tls.is_some() { self.tls.is_some() } else { self.plain }
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_idle", &self.max_idle)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("plain", &self.plain)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// One endpoint of a deployment: where to connect and the fixed part of the
@@ -72,16 +104,28 @@ pub(crate) struct Settings {
 pub(crate) struct Target {
     /// `host:port` for the TCP connect.
     connect_to: Box<str>,
+    /// The name the TLS certificate must carry, for `https://` targets.
+    tls: Option<ServerName<'static>>,
     /// Request line and every fixed header, each ending in CRLF; the
     /// `content-length` line and the blank line are added per request.
     head: Box<[u8]>,
 }
 
 impl Target {
-    /// A `POST` target for `url`, or `None` when the URL is not plain HTTP
-    /// or carries user info (reqwest turns that into basic auth).
+    /// A `POST` target for `url`, or `None` when the URL is neither `http`
+    /// nor `https` or carries user info (reqwest turns that into basic auth).
     pub(crate) fn post(url: &Url, headers: &[(&HeaderName, &HeaderValue)]) -> Option<Target> {
-        if url.scheme() != "http" || !url.username().is_empty() || url.password().is_some() {
+        let tls = match url.scheme() {
+            "http" => None,
+            // A DNS name or an IP address (IPv6 without its brackets).
+            "https" => {
+                let host = url.host_str()?;
+                let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+                Some(ServerName::try_from(host.to_owned()).ok()?)
+            }
+            _ => return None,
+        };
+        if !url.username().is_empty() || url.password().is_some() {
             return None;
         }
         let host = url.host_str()?;
@@ -104,7 +148,44 @@ impl Target {
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
-        Some(Target { connect_to: format!("{host}:{port}").into(), head: head.into() })
+        Some(Target { connect_to: format!("{host}:{port}").into(), tls, head: head.into() })
+    }
+}
+
+/// The TLS setup of the direct client: rustls with the platform verifier
+/// (the system's roots, as reqwest has them) and `extra_roots` besides.
+pub(crate) fn tls_connector(extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>) -> Result<TlsConnector> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let setup = |e: rustls::Error| Error::transport(format!("upstream TLS setup: {e}"));
+    let verifier = if extra_roots.is_empty() {
+        rustls_platform_verifier::Verifier::new(provider.clone())
+    } else {
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+    }
+    .map_err(setup)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(setup)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    // This client speaks HTTP/1.1 only; say so, so that no server picks h2.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// An upstream connection, plain or TLS.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
     }
 }
 
@@ -115,7 +196,7 @@ pub(crate) struct Pool {
 }
 
 struct Idle {
-    stream: TcpStream,
+    stream: Stream,
     /// The connection's read buffer, kept with it (see [`Conn`]).
     buf: BytesMut,
     since: Instant,
@@ -127,7 +208,7 @@ struct Idle {
 /// memory is reclaimed in place instead of allocating a new one per request
 /// (an 8 KiB allocation per request cost more than the whole response parse).
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
 }
 
@@ -135,7 +216,7 @@ impl Pool {
     /// A live idle connection, newest first; expired or closed ones are dropped.
     fn checkout(&self, idle_timeout: Duration) -> Option<Conn> {
         loop {
-            let idle = {
+            let mut idle = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 let last = idle.pop()?;
                 if last.since.elapsed() >= idle_timeout {
@@ -145,7 +226,7 @@ impl Pool {
                 }
                 last
             };
-            if still_open(&idle.stream) {
+            if still_open(&mut idle.stream) {
                 return Some(Conn { stream: idle.stream, buf: idle.buf });
             }
         }
@@ -161,14 +242,24 @@ impl Pool {
 
 /// An idle connection is usable when nothing is waiting to be read on it: a
 /// closed one reads as end-of-file, and stray bytes mean it is out of step.
-fn still_open(stream: &TcpStream) -> bool {
+/// Over TLS a pending read is the only good answer (a `close_notify` or an
+/// alert reads as end or error); rustls takes in records such as session
+/// tickets itself and still reports nothing to read.
+fn still_open(stream: &mut Stream) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
+    match stream {
+        Stream::Tcp(tcp) => match tcp.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        },
+        Stream::Tls(tls) => {
             let mut probe = [0u8; 1];
-            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            let mut probe = ReadBuf::new(&mut probe);
+            Pin::new(&mut **tls).poll_read(&mut cx, &mut probe).is_pending()
         }
     }
 }
@@ -185,12 +276,12 @@ pub(crate) struct Response {
 }
 
 /// Send one `POST` with `body` and read the response head.
-pub(crate) async fn post(settings: Settings, pool: &Arc<Pool>, target: &Target, body: &[u8]) -> Result<Response> {
+pub(crate) async fn post(settings: &Settings, pool: &Arc<Pool>, target: &Target, body: &[u8]) -> Result<Response> {
     let mut length = itoa::Buffer::new();
     let parts: Parts<'_> = [&target.head, b"content-length: ", length.format(body.len()).as_bytes(), b"\r\n\r\n", body];
 
     let Conn { mut stream, mut buf } = match pool.checkout(settings.idle_timeout) {
-        Some(conn) => match write_all(&conn.stream, &parts).await {
+        Some(mut conn) => match write_all(&mut conn.stream, &parts).await {
             Ok(()) => conn,
             // The upstream did not get the whole request, so it cannot have
             // acted on it: a fresh connection is safe to try.
@@ -225,46 +316,74 @@ pub(crate) async fn post(settings: Settings, pool: &Arc<Pool>, target: &Target, 
 /// The request's bytes: fixed head, `content-length: `, the length, blank line, body.
 type Parts<'a> = [&'a [u8]; 5];
 
-async fn fresh(settings: Settings, target: &Target, parts: &Parts<'_>) -> Result<Conn> {
-    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(&*target.connect_to))
-        .await
-        .map_err(|_| {
-            Error::transport(format!(
-                "upstream request failed: connecting to {} timed out after {:.3} s",
-                target.connect_to,
-                settings.connect_timeout.as_secs_f64()
-            ))
-        })?
-        .map_err(|e| Error::transport(format!("upstream request failed: connecting to {}: {e}", target.connect_to)))?;
-    // Request heads and SSE events are small writes; don't let Nagle hold them.
-    stream.set_nodelay(true).map_err(io_error)?;
-    write_all(&stream, parts).await.map_err(io_error)?;
+/// A new connection (TCP, then TLS for `https://`, both within the connect
+/// timeout) with the request written on it.
+async fn fresh(settings: &Settings, target: &Target, parts: &Parts<'_>) -> Result<Conn> {
+    let to = &target.connect_to;
+    let connect = async {
+        let tcp = TcpStream::connect(&**to)
+            .await
+            .map_err(|e| Error::transport(format!("upstream request failed: connecting to {to}: {e}")))?;
+        // Request heads and SSE events are small writes; don't let Nagle hold them.
+        tcp.set_nodelay(true).map_err(io_error)?;
+        match (&target.tls, &settings.tls) {
+            (None, _) => Ok(Stream::Tcp(tcp)),
+            (Some(name), Some(connector)) => match connector.connect(name.clone(), tcp).await {
+                Ok(tls) => Ok(Stream::Tls(Box::new(tls))),
+                Err(e) => Err(Error::transport(format!("upstream request failed: TLS handshake with {to}: {e}"))),
+            },
+            (Some(_), None) => Err(Error::transport("upstream request failed: no TLS setup for an https upstream")),
+        }
+    };
+    let mut stream = tokio::time::timeout(settings.connect_timeout, connect).await.map_err(|_| {
+        Error::transport(format!(
+            "upstream request failed: connecting to {to} timed out after {:.3} s",
+            settings.connect_timeout.as_secs_f64()
+        ))
+    })??;
+    write_all(&mut stream, parts).await.map_err(io_error)?;
     Ok(Conn { stream, buf: BytesMut::with_capacity(READ_CHUNK) })
 }
 
+/// `parts` from byte `skip` on, as slices for one vectored write.
+fn remaining<'a>(parts: &'a Parts<'_>, skip: usize) -> ([IoSlice<'a>; 5], usize) {
+    let mut slices = [IoSlice::new(&[]); 5];
+    let mut used = 0;
+    let mut offset = skip;
+    for part in parts {
+        if offset >= part.len() {
+            offset -= part.len();
+            continue;
+        }
+        slices[used] = IoSlice::new(&part[offset..]);
+        used += 1;
+        offset = 0;
+    }
+    (slices, used)
+}
+
 /// Write every part, with vectored writes, until all bytes are out.
-async fn write_all(stream: &TcpStream, parts: &Parts<'_>) -> io::Result<()> {
+async fn write_all(stream: &mut Stream, parts: &Parts<'_>) -> io::Result<()> {
     let mut skip = 0usize;
     let total: usize = parts.iter().map(|p| p.len()).sum();
     while skip < total {
-        let mut slices = [IoSlice::new(&[]); 5];
-        let mut used = 0;
-        let mut offset = skip;
-        for part in parts {
-            if offset >= part.len() {
-                offset -= part.len();
-                continue;
-            }
-            slices[used] = IoSlice::new(&part[offset..]);
-            used += 1;
-            offset = 0;
+        let (slices, used) = remaining(parts, skip);
+        match stream {
+            Stream::Tcp(tcp) => match tcp.try_write_vectored(&slices[..used]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => skip += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
+                Err(e) => return Err(e),
+            },
+            // rustls takes the plaintext into records; the flush below sends them.
+            Stream::Tls(tls) => match tls.write_vectored(&slices[..used]).await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => skip += n,
+            },
         }
-        match stream.try_write_vectored(&slices[..used]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => skip += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(e) => return Err(e),
-        }
+    }
+    if let Stream::Tls(tls) = stream {
+        tls.flush().await?;
     }
     Ok(())
 }
@@ -277,7 +396,7 @@ async fn write_all(stream: &TcpStream, parts: &Parts<'_>) -> io::Result<()> {
 /// a short read: the check of an idle connection before reuse then needs no
 /// system call, and the next read waits for the poller instead of trying a
 /// read that would fail with `EAGAIN`.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, expected: usize) -> io::Result<usize> {
+async fn read_more(stream: &mut Stream, buf: &mut BytesMut, expected: usize) -> io::Result<usize> {
     make_room(buf, expected);
     stream.read_buf(buf).await
 }
@@ -352,7 +471,7 @@ impl Head {
     }
 }
 
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Head> {
+async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> Result<Head> {
     loop {
         if !buf.is_empty()
             && let Some((len, head)) = parse_head(buf)?
@@ -458,7 +577,7 @@ enum Step {
 /// A response body, read on demand. Dropping it before the end closes the
 /// connection.
 pub(crate) struct Body {
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     buf: BytesMut,
     framing: Framing,
     keep_alive: bool,
@@ -492,8 +611,7 @@ impl Body {
             // Only a failed read leaves the body unfinished without its connection.
             let Some(stream) = self.stream.as_mut() else { return Poll::Ready(Err(closed_early())) };
             make_room(&mut self.buf, want);
-            let read =
-                std::task::ready!(poll_read_buf(std::pin::Pin::new(stream), cx, &mut self.buf)).map_err(io_error)?;
+            let read = std::task::ready!(poll_read_buf(Pin::new(stream), cx, &mut self.buf)).map_err(io_error)?;
             self.oversized |= self.buf.capacity() > KEEP_BUFFER;
             if read == 0 {
                 if matches!(self.framing, Framing::Eof) {
@@ -744,8 +862,16 @@ mod tests {
         );
         let default_port = Target::post(&Url::parse("http://[::1]/v1/x").unwrap(), &[]).unwrap();
         assert_eq!(&*default_port.connect_to, "[::1]:80");
-        assert!(Target::post(&Url::parse("https://h/v1").unwrap(), &[]).is_none());
+        assert!(default_port.tls.is_none());
+        let tls = Target::post(&Url::parse("https://api.example.com/v1/chat/completions").unwrap(), &[]).unwrap();
+        assert_eq!(&*tls.connect_to, "api.example.com:443");
+        assert_eq!(tls.tls, Some(ServerName::try_from("api.example.com").unwrap()));
+        assert!(std::str::from_utf8(&tls.head).unwrap().contains("\r\nhost: api.example.com\r\n"));
+        let tls_ip = Target::post(&Url::parse("https://[::1]:8443/v1/x").unwrap(), &[]).unwrap();
+        assert_eq!((&*tls_ip.connect_to, tls_ip.tls), ("[::1]:8443", Some(ServerName::try_from("::1").unwrap())));
+        assert!(Target::post(&Url::parse("ftp://h/v1").unwrap(), &[]).is_none());
         assert!(Target::post(&Url::parse("http://u:p@h/v1").unwrap(), &[]).is_none());
+        assert!(Target::post(&Url::parse("https://u@h/v1").unwrap(), &[]).is_none());
     }
 
     #[tokio::test]
@@ -763,15 +889,20 @@ mod tests {
                 sock.write_all(&vec![b'x'; len]).await.unwrap();
             }
         });
-        let settings =
-            Settings { connect_timeout: Duration::from_secs(5), max_idle: 4, idle_timeout: Duration::from_secs(60) };
+        let settings = Settings {
+            connect_timeout: Duration::from_secs(5),
+            max_idle: 4,
+            idle_timeout: Duration::from_secs(60),
+            plain: true,
+            tls: None,
+        };
         let (pool, target) = (Arc::new(Pool::default()), Target::post(&url, &[]).unwrap());
-        let big = post(settings, &pool, &target, b"{}").await.unwrap().body.collect().await.unwrap();
+        let big = post(&settings, &pool, &target, b"{}").await.unwrap().body.collect().await.unwrap();
         assert_eq!(big.len(), 1024 * 1024);
         // Once the gateway has sent the big body, a buffer the pooled
         // connection still shared would be reclaimed whole for its next answer.
         drop(big);
-        let small = post(settings, &pool, &target, b"{}").await.unwrap().body.collect().await.unwrap();
+        let small = post(&settings, &pool, &target, b"{}").await.unwrap().body.collect().await.unwrap();
         assert_eq!(&small[..], b"xxxxxxxxxx");
         let kept: Vec<usize> = pool.idle.lock().unwrap().iter().map(|i| i.buf.capacity()).collect();
         assert_eq!(kept.len(), 1, "one connection, reused");
