@@ -11,7 +11,8 @@
 # results to bench/results/<timestamp>/. See docs/benchmarks.md.
 #
 # Knobs (environment): BENCH_DURATION (s, default 10), BENCH_WARMUP (s, 2),
-# BENCH_CONCURRENCY ("1 32"), BENCH_MODES ("json sse"),
+# BENCH_CONCURRENCY ("1 32"), BENCH_MODES ("json sse"; "json-tls sse-tls" put the mock
+# behind HTTPS, with a private CA that nginx and the gateway are told to trust),
 # BENCH_TARGETS ("direct nginx gateway"; ratios need all three), BENCH_PORT_BASE (18800),
 # BENCH_LOADGEN_CPU (0), BENCH_PROXY_CPU (1), BENCH_SKIP_BUILD=1,
 # BENCH_OVERHEAD_SECONDS (3; 0 skips the x-deltallm-overhead-us sampling),
@@ -37,6 +38,15 @@ MAX_STEAL=${BENCH_MAX_STEAL:-5}
 MOCK_PORT=$((PORT_BASE + 1))
 PROXY_PORT=$((PORT_BASE + 2))
 GW_PORT=$((PORT_BASE + 3))
+MOCK_TLS_PORT=$((PORT_BASE + 4))
+TLS=0
+for mode in $MODES; do
+  case $mode in
+    json | sse) ;;
+    json-tls | sse-tls) TLS=1 ;;
+    *) echo "error: unknown mode '$mode' in BENCH_MODES (json, sse, json-tls, sse-tls)" >&2; exit 2 ;;
+  esac
+done
 
 for v in DURATION WARMUP OVERHEAD_SECONDS; do
   if ! [[ ${!v} =~ ^[0-9]+$ ]] || ((${!v} > 600)); then
@@ -71,6 +81,7 @@ fi
 command -v wrk >/dev/null || apt_install wrk || die "cannot install wrk"
 command -v curl >/dev/null || apt_install curl || die "cannot install curl"
 command -v taskset >/dev/null || apt_install util-linux || die "cannot find taskset"
+if ((TLS)); then command -v openssl >/dev/null || apt_install openssl || die "cannot install openssl"; fi
 CALLGRIND=${BENCH_CALLGRIND:-0}
 if [[ $CALLGRIND == 1 ]]; then
   command -v valgrind >/dev/null || apt_install valgrind || die "cannot install valgrind"
@@ -113,7 +124,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-for port in "$MOCK_PORT" "$PROXY_PORT" "$GW_PORT"; do
+for port in "$MOCK_PORT" "$PROXY_PORT" "$GW_PORT" "$MOCK_TLS_PORT"; do
   if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
     die "port $port is already in use (set BENCH_PORT_BASE)"
   fi
@@ -143,6 +154,22 @@ done
 printf '%s' '{"model":"bench-json","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32,"temperature":0.2}' >"$RUN/body-json.json"
 printf '%s' '{"model":"bench-sse","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32,"temperature":0.2,"stream":true}' >"$RUN/body-sse.json"
 
+for mode in json sse; do
+  sed "s/\"model\":\"bench-$mode\"/\"model\":\"bench-$mode-tls\"/" "$RUN/body-$mode.json" >"$RUN/body-$mode-tls.json"
+done
+
+# A private CA and a certificate for 127.0.0.1 signed by it, for the HTTPS mock.
+if ((TLS)); then
+  (
+    cd "$RUN"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench-ca \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign -keyout ca.key -out ca.pem
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost -keyout mock.key -out mock.csr
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >mock.ext
+    openssl x509 -req -in mock.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile mock.ext -out mock.pem
+  ) >"$OUT/openssl.log" 2>&1 || die "cannot make the benchmark's certificates (see $OUT/openssl.log)"
+fi
+
 # --------------------------------------------------------- nginx configs ---
 USER_LINE=""
 [[ $(id -u) == 0 ]] && USER_LINE="user root;"
@@ -170,13 +197,8 @@ nginx_http_common() { # $1 = name
 EOF
 }
 
-{
-  nginx_common mock
-  echo "http {"
-  nginx_http_common mock
+mock_locations() {
   cat <<EOF
-  server {
-    listen 127.0.0.1:$MOCK_PORT backlog=4096;
     location = /v1/chat/completions {
       default_type application/json;
       return 200 '$MOCK_JSON';
@@ -188,9 +210,25 @@ EOF
     }
     location = /v1/models { default_type application/json; return 200 '{"object":"list","data":[]}'; }
     location / { return 404; }
-  }
-}
 EOF
+}
+{
+  nginx_common mock
+  echo "http {"
+  nginx_http_common mock
+  echo "  server {"
+  echo "    listen 127.0.0.1:$MOCK_PORT backlog=4096;"
+  mock_locations
+  echo "  }"
+  if ((TLS)); then
+    echo "  server {"
+    echo "    listen 127.0.0.1:$MOCK_TLS_PORT ssl backlog=4096;"
+    echo "    ssl_certificate $RUN/mock.pem;"
+    echo "    ssl_certificate_key $RUN/mock.key;"
+    mock_locations
+    echo "  }"
+  fi
+  echo "}"
 } >"$RUN/mock.conf"
 
 {
@@ -200,6 +238,12 @@ EOF
   cat <<EOF
   upstream mock {
     server 127.0.0.1:$MOCK_PORT;
+    keepalive 64;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+  }
+  upstream mock_tls {
+    server 127.0.0.1:$MOCK_TLS_PORT;
     keepalive 64;
     keepalive_requests 100000000;
     keepalive_timeout 300s;
@@ -215,9 +259,26 @@ EOF
       proxy_pass http://mock;
       proxy_buffering off;
     }
-  }
-}
 EOF
+  if ((TLS)); then
+    cat <<EOF
+    # The HTTPS mock: verified against the private CA, TLS sessions reused
+    # on the pooled keep-alive connections.
+    proxy_ssl_verify on;
+    proxy_ssl_trusted_certificate $RUN/ca.pem;
+    proxy_ssl_name localhost;
+    proxy_ssl_session_reuse on;
+    location = /tls/v1/chat/completions {
+      proxy_pass https://mock_tls/v1/chat/completions;
+    }
+    location = /tls/sse/v1/chat/completions {
+      proxy_pass https://mock_tls/sse/v1/chat/completions;
+      proxy_buffering off;
+    }
+EOF
+  fi
+  echo "  }"
+  echo "}"
 } >"$RUN/proxy.conf"
 
 "$NGINX" -t -q -c "$RUN/mock.conf" -p "$RUN" || die "mock nginx config invalid"
@@ -252,7 +313,13 @@ GW_WRAP=()
 CACHE_SIM=${BENCH_CALLGRIND_CACHE:-0}
 [[ $CALLGRIND == 1 ]] && GW_WRAP=(valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out")
 [[ $CALLGRIND == 1 && $CACHE_SIM == 1 ]] && GW_WRAP=(valgrind --tool=callgrind --cache-sim=yes --callgrind-out-file="$OUT/callgrind.out")
-env NO_COLOR=1 DELTALLM_HOST=127.0.0.1 DELTALLM_PORT="$GW_PORT" DELTALLM_DATA_DIR="$RUN/gw-data" \
+GW_ENV=()
+if ((TLS)); then
+  # The gateway trusts the private CA the way an operator would set it up.
+  printf 'general_settings:\n  upstream_ca_bundle: %s\n' "$RUN/ca.pem" >"$RUN/gw-config.yaml"
+  GW_ENV=(DELTALLM_CONFIG_PATH="$RUN/gw-config.yaml")
+fi
+env "${GW_ENV[@]}" NO_COLOR=1 DELTALLM_HOST=127.0.0.1 DELTALLM_PORT="$GW_PORT" DELTALLM_DATA_DIR="$RUN/gw-data" \
   taskset -c "$PROXY_CPU" "${GW_WRAP[@]}" "$GATEWAY_BIN" >"$OUT/gateway.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
@@ -275,27 +342,34 @@ add_model() { # $1 = model name, $2 = api_base
 }
 add_model bench-json "http://127.0.0.1:$MOCK_PORT/v1"
 add_model bench-sse "http://127.0.0.1:$MOCK_PORT/sse/v1"
+if ((TLS)); then
+  add_model bench-json-tls "https://127.0.0.1:$MOCK_TLS_PORT/v1"
+  add_model bench-sse-tls "https://127.0.0.1:$MOCK_TLS_PORT/sse/v1"
+fi
 
 url_of() { # $1 = target, $2 = mode
-  local port
-  case $1 in direct) port=$MOCK_PORT ;; nginx) port=$PROXY_PORT ;; gateway) port=$GW_PORT ;; esac
-  if [[ $2 == sse && $1 != gateway ]]; then
-    echo "http://127.0.0.1:$port/sse/v1/chat/completions"
-  else
-    echo "http://127.0.0.1:$port/v1/chat/completions"
-  fi
+  local path=/v1/chat/completions
+  [[ $2 == sse* ]] && path=/sse/v1/chat/completions
+  case $1 in
+    direct) if [[ $2 == *-tls ]]; then echo "https://127.0.0.1:$MOCK_TLS_PORT$path"; else echo "http://127.0.0.1:$MOCK_PORT$path"; fi ;;
+    nginx) if [[ $2 == *-tls ]]; then echo "http://127.0.0.1:$PROXY_PORT/tls$path"; else echo "http://127.0.0.1:$PROXY_PORT$path"; fi ;;
+    # The gateway routes on the body's model.
+    gateway) echo "http://127.0.0.1:$GW_PORT/v1/chat/completions" ;;
+  esac
 }
 
 # Smoke test every target/mode; the gateway registry may take a moment.
+CURL_TLS=()
+((TLS)) && CURL_TLS=(--cacert "$RUN/ca.pem")
 for target in direct nginx gateway; do
   for mode in $MODES; do
     ok=0
     for _ in $(seq 50); do
-      if curl -s --max-time 5 -o "$OUT/smoke-$target-$mode.txt" -D "$OUT/smoke-$target-$mode.headers" \
+      if curl -s --max-time 5 "${CURL_TLS[@]}" -o "$OUT/smoke-$target-$mode.txt" -D "$OUT/smoke-$target-$mode.headers" \
         -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
         --data-binary "@$RUN/body-$mode.json" "$(url_of "$target" "$mode")" &&
         grep -q '^HTTP/1.1 200' "$OUT/smoke-$target-$mode.headers" &&
-        if [[ $mode == sse ]]; then grep -q '^data: \[DONE\]' "$OUT/smoke-$target-$mode.txt"; else grep -q '"chat.completion"' "$OUT/smoke-$target-$mode.txt"; fi; then
+        if [[ $mode == sse* ]]; then grep -q '^data: \[DONE\]' "$OUT/smoke-$target-$mode.txt"; else grep -q '"chat.completion"' "$OUT/smoke-$target-$mode.txt"; fi; then
         ok=1
         break
       fi
