@@ -165,20 +165,21 @@ async fn chat(app: &TestApp, stream: bool) -> reqwest::Response {
         .unwrap()
 }
 
-/// A gateway that trusts the private CA.
-async fn trusting_app(db: &TestDb, ca_pem: String) -> TestApp {
+/// An HTTPS upstream and a gateway that trusts its CA, with `gpt-tls` deployed on it.
+async fn trusted_upstream(after: AfterAnswer) -> (TestDb, TestApp, Seen) {
+    let (ca_pem, cert, key) = private_ca();
+    let (base, seen) = https_upstream(cert, key, after).await;
+    let db = TestDb::create(deltallm_e2e::Backend::Sqlite).await.unwrap();
     let mut settings = test_settings();
     settings.upstream_extra_root_certs_pem = Some(ca_pem.into_bytes());
-    TestApp::start(&db.url, settings).await
+    let app = TestApp::start(&db.url, settings).await;
+    deploy(&app, &base).await;
+    (db, app, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_upstream_signed_by_a_configured_ca_is_called() {
-    let (ca_pem, cert, key) = private_ca();
-    let (base, seen) = https_upstream(cert, key, AfterAnswer::KeepAlive).await;
-    let db = TestDb::create(deltallm_e2e::Backend::Sqlite).await.unwrap();
-    let app = trusting_app(&db, ca_pem).await;
-    deploy(&app, &base).await;
+    let (db, app, seen) = trusted_upstream(AfterAnswer::KeepAlive).await;
 
     let resp = chat(&app, false).await;
     assert_eq!(resp.status(), 200);
@@ -205,11 +206,7 @@ async fn an_https_upstream_signed_by_a_configured_ca_is_called() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_connections_are_reused_and_streams_arrive_piece_by_piece() {
-    let (ca_pem, cert, key) = private_ca();
-    let (base, seen) = https_upstream(cert, key, AfterAnswer::KeepAlive).await;
-    let db = TestDb::create(deltallm_e2e::Backend::Sqlite).await.unwrap();
-    let app = trusting_app(&db, ca_pem).await;
-    deploy(&app, &base).await;
+    let (db, app, seen) = trusted_upstream(AfterAnswer::KeepAlive).await;
 
     for _ in 0..3 {
         assert_eq!(chat(&app, false).await.status(), 200);
@@ -242,11 +239,7 @@ async fn https_connections_are_reused_and_streams_arrive_piece_by_piece() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_connection_the_upstream_closed_while_idle_is_not_reused() {
-    let (ca_pem, cert, key) = private_ca();
-    let (base, seen) = https_upstream(cert, key, AfterAnswer::Close).await;
-    let db = TestDb::create(deltallm_e2e::Backend::Sqlite).await.unwrap();
-    let app = trusting_app(&db, ca_pem).await;
-    deploy(&app, &base).await;
+    let (db, app, seen) = trusted_upstream(AfterAnswer::Close).await;
 
     for _ in 0..3 {
         assert_eq!(chat(&app, false).await.status(), 200);

@@ -152,15 +152,19 @@ impl Providers {
         let mut builder = reqwest::Client::builder();
         let mut extra_roots = Vec::new();
         if let Some(pem) = &settings.extra_root_certs_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| Error::transport(format!("extra upstream CA certificates: {e}")))?;
-            if certs.is_empty() {
-                return Err(Error::transport("extra upstream CA certificates: no PEM certificate found"));
-            }
-            builder = builder.tls_certs_merge(certs);
+            // Parsed once; both clients get the same certificates.
             extra_roots = CertificateDer::pem_slice_iter(pem)
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| Error::transport(format!("extra upstream CA certificates: {e}")))?;
+            if extra_roots.is_empty() {
+                return Err(Error::transport("extra upstream CA certificates: no PEM certificate found"));
+            }
+            let certs = extra_roots
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::transport(format!("extra upstream CA certificates: {e}")))?;
+            builder = builder.tls_certs_merge(certs);
         }
         let client = builder
             .connect_timeout(settings.connect_timeout)
@@ -175,8 +179,8 @@ impl Providers {
         let set = |keys: &[&str]| keys.iter().any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
         let all = set(&["ALL_PROXY", "all_proxy"]);
         let plain = !all && !set(&["HTTP_PROXY", "http_proxy"]);
-        let tls =
-            if all || set(&["HTTPS_PROXY", "https_proxy"]) { None } else { Some(direct::tls_connector(extra_roots)?) };
+        let direct_tls = settings.direct_client && !all && !set(&["HTTPS_PROXY", "https_proxy"]);
+        let tls = if direct_tls { Some(direct::tls_connector(extra_roots)?) } else { None };
         let direct = (settings.direct_client && (plain || tls.is_some())).then(|| direct::Settings {
             connect_timeout: settings.connect_timeout,
             max_idle: settings.pool_max_idle_per_host,
