@@ -100,13 +100,14 @@ impl TestApp {
         let gateway = Gateway::start(store, settings).await.expect("gateway start");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
-        // The service the gateway binary serves (direct dispatch of the JSON proxy routes).
-        let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(
-            deltallm_http::GatewayService::new(gateway.clone()),
-        );
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, service).await;
-        });
+        // The server and service the gateway binary runs.
+        let service = deltallm_http::GatewayService::new(gateway.clone());
+        let server = tokio::spawn(deltallm_http::serve(
+            listener,
+            service,
+            deltallm_http::ServerOptions::default(),
+            std::future::pending(),
+        ));
         Self { base: format!("http://{addr}"), gateway, client: reqwest::Client::new(), server }
     }
 

@@ -8,5 +8,6 @@ mod endpoints;
 mod https_upstream;
 mod proxy;
 mod routing;
+mod server;
 mod spend_store;
 mod validation;

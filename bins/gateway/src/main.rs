@@ -3,8 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use axum::ServiceExt as _;
-use axum::serve::ListenerExt;
 use deltallm_bootstrap::rotate::{self, NewKeySource};
 use deltallm_bootstrap::{prepare, serve, telemetry};
 use deltallm_core::Gateway;
@@ -77,10 +75,11 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     tracing::info!(database = %prepared.database, "storage ready");
     let gateway = Gateway::start(prepared.store, prepared.settings).await?;
     serve::watch_salt_key(&gateway, prepared.salt_key_watch);
-    let listener = serve::bind(prepared.listen).await?.tap_io(serve::tune_client_socket);
+    let listener = serve::bind(prepared.listen).await?;
     tracing::info!(address = %prepared.listen, "DeltaLLM gateway listening");
     let service = deltallm_http::GatewayService::new(gateway.clone());
-    axum::serve(listener, service.into_make_service()).with_graceful_shutdown(serve::shutdown_signal()).await?;
+    let options = deltallm_http::ServerOptions { header_read_timeout: prepared.header_read_timeout };
+    deltallm_http::serve(listener, service, options, serve::shutdown_signal()).await;
     serve::drain(&gateway).await;
     Ok(())
 }

@@ -134,11 +134,21 @@ pub struct ServerSettings {
     pub port: u16,
     /// Embedded data directory (`DELTALLM_DATA_DIR`, default `./deltallm-data`).
     pub data_dir: PathBuf,
+    /// Seconds a client connection may take to send a complete request head,
+    /// counted from when the gateway starts waiting for it, so an idle
+    /// keep-alive connection is closed after this long as well (default 30;
+    /// 0 waits forever).
+    pub header_read_timeout_seconds: u64,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self { host: "0.0.0.0".into(), port: 4002, data_dir: PathBuf::from("deltallm-data") }
+        Self {
+            host: "0.0.0.0".into(),
+            port: 4002,
+            data_dir: PathBuf::from("deltallm-data"),
+            header_read_timeout_seconds: 30,
+        }
     }
 }
 
@@ -296,6 +306,12 @@ impl LoadedConfig {
             .parse()
             .map_err(|_| Error::Config(format!("server.host / DELTALLM_HOST '{}' is not an IP address", s.host)))?;
         Ok(SocketAddr::new(ip, s.port))
+    }
+
+    /// How long a client may take to send a request head (`None`: no limit).
+    pub fn header_read_timeout(&self) -> Option<std::time::Duration> {
+        let seconds = self.config.server.header_read_timeout_seconds;
+        (seconds > 0).then(|| std::time::Duration::from_secs(seconds))
     }
 
     /// Core settings (model_list parsed; validation happens at gateway start).

@@ -28,6 +28,8 @@ pub struct Prepared {
     pub store: Store,
     /// Listen address.
     pub listen: SocketAddr,
+    /// Longest wait for a client's request head (`server.header_read_timeout_seconds`).
+    pub header_read_timeout: Option<std::time::Duration>,
     /// Human-readable database description (no credentials).
     pub database: String,
     /// The generated salt key's file and the ring's other keys, on the
@@ -96,5 +98,12 @@ pub async fn prepare(config_path: Option<PathBuf>) -> Result<Prepared, Error> {
         current: keys.salt_key.clone(),
         previous: keys.previous_salt_keys.clone(),
     });
-    Ok(Prepared { settings, store, listen, database: describe_database(&keys.database_url), salt_key_watch })
+    Ok(Prepared {
+        settings,
+        store,
+        listen,
+        header_read_timeout: loaded.header_read_timeout(),
+        database: describe_database(&keys.database_url),
+        salt_key_watch,
+    })
 }

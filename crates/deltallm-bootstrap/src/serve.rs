@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use deltallm_core::Gateway;
 use deltallm_domain::SecretString;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// Resolve when SIGINT or SIGTERM arrives.
 pub async fn shutdown_signal() {
@@ -44,14 +44,6 @@ pub async fn drain(gateway: &Gateway) {
             write_failed = failed,
             "spend records this process could not store (totals since start)"
         );
-    }
-}
-
-/// Per-connection socket options for accepted clients. Without `TCP_NODELAY`
-/// a streamed response's later small writes wait for the client's delayed ACK.
-pub fn tune_client_socket(stream: &mut TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
     }
 }
 

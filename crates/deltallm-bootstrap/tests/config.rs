@@ -60,6 +60,7 @@ server:
         jail.set_env("DELTALLM_ROUTER_SETTINGS__NUM_RETRIES", "3");
         let loaded = load(None).expect("load");
         assert_eq!(loaded.listen_addr().unwrap().port(), 4200, "env beats the file");
+        assert_eq!(loaded.header_read_timeout(), Some(std::time::Duration::from_secs(30)), "default head timeout");
         let c = &loaded.config;
         assert_eq!(c.router_settings.routing_strategy, "weighted");
         assert_eq!(c.router_settings.num_retries, 3, "nested env override");

@@ -12,6 +12,7 @@ mod auth;
 mod error;
 mod health;
 mod openai;
+mod server;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -21,6 +22,7 @@ use deltallm_domain::ApiErrorKind;
 use http::{StatusCode, header};
 
 pub use error::{AdminError, ProxyError};
+pub use server::{DEFAULT_HEADER_READ_TIMEOUT, ServerOptions, serve};
 
 /// The whole application: `/v1`, `/ui/api` and health routes.
 pub fn app(gateway: Gateway) -> Router {
@@ -82,10 +84,31 @@ impl GatewayService {
     }
 }
 
+impl GatewayService {
+    /// Both service impls: the JSON proxy routes directly, the rest through the router.
+    fn dispatch<B>(&self, req: http::Request<B>) -> ServiceFuture
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        if req.method() == http::Method::POST
+            && let Some(endpoint) = openai::json_endpoint(req.uri().path())
+        {
+            let gateway = self.gateway.clone();
+            return Box::pin(async move { Ok(openai::proxy_json(gateway, endpoint, req).await) });
+        }
+        let router = self.router.clone();
+        Box::pin(async move { tower::ServiceExt::oneshot(router, req).await })
+    }
+}
+
+type ServiceFuture = futures_util::future::BoxFuture<'static, Result<Response, std::convert::Infallible>>;
+
+/// For embedders that serve it with axum or tower.
 impl tower::Service<axum::extract::Request> for GatewayService {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = futures_util::future::BoxFuture<'static, Result<Response, std::convert::Infallible>>;
+    type Future = ServiceFuture;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         // Neither way ever waits: the router is always ready.
@@ -93,14 +116,19 @@ impl tower::Service<axum::extract::Request> for GatewayService {
     }
 
     fn call(&mut self, req: axum::extract::Request) -> Self::Future {
-        if req.method() == http::Method::POST
-            && let Some(endpoint) = openai::json_endpoint(req.uri().path())
-        {
-            let gateway = self.gateway.clone();
-            return Box::pin(async move { Ok(openai::proxy_json(axum::extract::State(gateway), endpoint, req).await) });
-        }
-        let mut router = self.router.clone();
-        Box::pin(async move { tower::Service::call(&mut router, req).await })
+        self.dispatch(req)
+    }
+}
+
+/// For hyper's connection driver, as [`serve`] uses it: the request body
+/// reaches the handler as hyper produced it, with no box around it.
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for GatewayService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = ServiceFuture;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.dispatch(req)
     }
 }
 

@@ -30,7 +30,7 @@ pub fn routes(limit: usize) -> Router<Gateway> {
         .route("/v1/models/{*id}", get(get_model))
         .route("/models/{*id}", get(get_model));
     for (path, endpoint) in JSON_ROUTES {
-        let handler = move |state: State<Gateway>, req: Request| proxy_json(state, endpoint, req);
+        let handler = move |State(gateway): State<Gateway>, req: Request| proxy_json(gateway, endpoint, req);
         r = r.route(&format!("/v1{path}"), post(handler)).route(path, post(handler));
     }
     let multipart = Router::new()
@@ -191,8 +191,13 @@ fn too_large(limit: usize) -> ProxyError {
     ))
 }
 
-/// A JSON proxy route's handler; [`crate::GatewayService`] calls it without the router.
-pub(crate) async fn proxy_json(State(gw): State<Gateway>, endpoint: Endpoint, req: Request) -> Response {
+/// A JSON proxy route's handler; [`crate::GatewayService`] calls it without
+/// the router, with the body type of whichever server drives it.
+pub(crate) async fn proxy_json<B>(gw: Gateway, endpoint: Endpoint, req: http::Request<B>) -> Response
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
     let started = Instant::now();
     if let Err(e) = gw.check_master_key(presented_key(req.headers())) {
         return local(started, ProxyError(e).into_response());
@@ -203,8 +208,9 @@ pub(crate) async fn proxy_json(State(gw): State<Gateway>, endpoint: Endpoint, re
     if declared.is_some_and(|n| n > limit as u64) {
         return local(started, too_large(limit).into_response());
     }
-    let body: Bytes = match axum::body::to_bytes(req.into_body(), limit).await {
-        Ok(b) => unshare_small(b),
+    let body: Bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), limit)).await
+    {
+        Ok(collected) => unshare_small(collected.to_bytes()),
         Err(_) => return local(started, too_large(limit).into_response()),
     };
     render(gw.proxy_json(endpoint, body, started).await)
