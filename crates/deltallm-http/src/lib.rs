@@ -82,9 +82,7 @@ impl GatewayService {
     pub fn new(gateway: Gateway) -> Self {
         Self { router: app(gateway.clone()), gateway }
     }
-}
 
-impl GatewayService {
     /// Both service impls: the JSON proxy routes directly, the rest through the router.
     fn dispatch<B>(&self, req: http::Request<B>) -> ServiceFuture
     where
