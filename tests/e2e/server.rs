@@ -115,3 +115,182 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     assert!(TcpStream::connect(&addr).await.is_err(), "a new connection was accepted after shutdown");
     app.stop().await;
 }
+
+/// A gateway with one chat deployment behind a wiremock upstream.
+async fn with_chat_deployment(settings: deltallm_core::GatewaySettings) -> (TestApp, MockServer, TestDb) {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    let upstream = MockServer::start().await;
+    let completion = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "up",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}});
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion))
+        .mount(&upstream)
+        .await;
+    let app = TestApp::start(&db.url, settings).await;
+    let body = json!({"model_name": "gpt", "deployment_id": "gpt-a",
+        "deltallm_params": {"provider": "openai", "model": "up", "api_base": format!("{}/v1", upstream.uri()), "api_key": "sk-up"},
+        "model_info": {"mode": "chat"}});
+    let (status, answer) = app.post("/ui/api/models", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    (app, upstream, db)
+}
+
+const CHAT: &str = r#"{"model":"gpt","messages":[{"role":"user","content":"x"}]}"#;
+
+fn chat_request(extra_headers: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {MASTER_KEY}\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\n\r\n{CHAT}",
+        CHAT.len()
+    )
+}
+
+/// Reads whole responses (content-length framed) from a raw connection.
+struct RawClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    async fn connect(base: &str) -> Self {
+        Self { stream: TcpStream::connect(base.trim_start_matches("http://")).await.unwrap(), buf: Vec::new() }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next response: status, lower-cased head, body.
+    async fn response(&mut self) -> (u16, String, String) {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(self.buf[..end].to_vec()).unwrap().to_ascii_lowercase();
+                let interim = head.starts_with("http/1.1 1");
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map(|v| v.trim().parse().unwrap())
+                    .or(interim.then_some(0))
+                    .expect("content-length framed response");
+                if self.buf.len() >= end + 4 + length {
+                    let body = String::from_utf8(self.buf[end + 4..end + 4 + length].to_vec()).unwrap();
+                    self.buf.drain(..end + 4 + length);
+                    let status = head[9..12].parse().unwrap();
+                    return (status, head, body);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+                .await
+                .expect("response in time")
+                .unwrap();
+            assert!(n > 0, "connection closed before a whole response; have {:?}", String::from_utf8_lossy(&self.buf));
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// True once the server has closed the connection (after what it sent).
+    async fn closed(&mut self) -> bool {
+        closed_within(&mut self.stream, Duration::from_secs(3)).await.is_some()
+    }
+}
+
+#[tokio::test]
+async fn pipelined_requests_and_other_routes_share_a_connection_in_order() {
+    let (app, _upstream, _db) = with_chat_deployment(test_settings()).await;
+    let mut c = RawClient::connect(&app.base).await;
+    // Two chats in one write, then a route the JSON path does not take, then a chat again.
+    let models = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {MASTER_KEY}\r\n\r\n");
+    c.send(format!("{}{}{}{}", chat_request(""), chat_request(""), models, chat_request("")).as_bytes()).await;
+    for expected in ["chat", "chat", "models", "chat"] {
+        let (status, head, body) = c.response().await;
+        assert_eq!(status, 200, "{expected}: {body}");
+        match expected {
+            "chat" => {
+                assert!(head.contains("x-deltallm-route-deployment: gpt-a"), "{head}");
+                assert!(head.contains("content-type: application/json"), "{head}");
+                assert!(head.contains("\r\ndate: "), "{head}");
+                assert_eq!(
+                    serde_json::from_str::<serde_json::Value>(&body).unwrap()["choices"][0]["message"]["content"],
+                    "hi"
+                );
+            }
+            _ => assert!(body.contains("\"gpt\""), "{body}"),
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn chunked_bodies_and_expect_continue_are_served_like_any_other_request() {
+    let (app, _upstream, _db) = with_chat_deployment(test_settings()).await;
+    let mut c = RawClient::connect(&app.base).await;
+    let chunked = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {MASTER_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{CHAT}\r\n0\r\n\r\n",
+        CHAT.len()
+    );
+    c.send(chunked.as_bytes()).await;
+    let (status, _, body) = c.response().await;
+    assert_eq!(status, 200, "{body}");
+    // The same connection still serves a plain request after the hand-over.
+    c.send(chat_request("").as_bytes()).await;
+    assert_eq!(c.response().await.0, 200);
+
+    let mut c = RawClient::connect(&app.base).await;
+    c.send(chat_request("Expect: 100-continue\r\n").as_bytes()).await;
+    // hyper answers 100 first; the final answer is the chat.
+    let (status, _, _) = c.response().await;
+    assert_eq!(status, 100);
+    let (status, _, body) = c.response().await;
+    assert_eq!(status, 200, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connection_close_wrong_keys_and_oversized_bodies_get_whole_answers() {
+    let mut settings = test_settings();
+    settings.max_request_body_bytes = 1024;
+    let (app, _upstream, _db) = with_chat_deployment(settings).await;
+
+    // `Connection: close` is honoured after the answer.
+    let mut c = RawClient::connect(&app.base).await;
+    c.send(chat_request("Connection: close\r\n").as_bytes()).await;
+    let (status, head, _) = c.response().await;
+    assert_eq!(status, 200);
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(c.closed().await, "connection left open after Connection: close");
+
+    // A wrong key is a 401 in the OpenAI shape, and the connection serves on.
+    let mut c = RawClient::connect(&app.base).await;
+    let wrong = chat_request("").replace(MASTER_KEY, "sk-wrong");
+    c.send(wrong.as_bytes()).await;
+    let (status, _, body) = c.response().await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"]["type"], "authentication_error");
+    c.send(chat_request("").as_bytes()).await;
+    assert_eq!(c.response().await.0, 200);
+
+    // A body over the limit: the whole 413 arrives even though the body is
+    // still being sent, then the connection closes.
+    let mut c = RawClient::connect(&app.base).await;
+    let big = "x".repeat(200_000);
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {MASTER_KEY}\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    c.send(head.as_bytes()).await;
+    let _ = c.stream.write_all(&big.as_bytes()[..100_000]).await;
+    let (status, head, body) = c.response().await;
+    assert_eq!(status, 413, "{body}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(body.contains("max_request_body_bytes"), "{body}");
+    assert!(c.closed().await);
+
+    // A malformed head is refused with a 400, as before.
+    let mut c = RawClient::connect(&app.base).await;
+    c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost x\r\n\r\n").await;
+    let mut seen = closed_within(&mut c.stream, Duration::from_secs(3)).await.expect("closed");
+    seen.truncate(12);
+    assert_eq!(String::from_utf8_lossy(&seen), "HTTP/1.1 400");
+    app.stop().await;
+}

@@ -94,18 +94,18 @@ async fn get_model(
 }
 
 /// A response the gateway produced without any upstream: all of its time is overhead.
-fn local(started: Instant, mut response: Response) -> Response {
+pub(crate) fn local(started: Instant, mut response: Response) -> Response {
     put(response.headers_mut(), OVERHEAD, &started.elapsed().as_micros().to_string());
     response
 }
 
-const ROUTE_GROUP: HeaderName = HeaderName::from_static("x-deltallm-route-group");
-const ROUTE_STRATEGY: HeaderName = HeaderName::from_static("x-deltallm-route-strategy");
-const ROUTE_DEPLOYMENT: HeaderName = HeaderName::from_static("x-deltallm-route-deployment");
-const ROUTE_FALLBACK: HeaderName = HeaderName::from_static("x-deltallm-route-fallback-used");
-const ROUTE_POLICY_VERSION: HeaderName = HeaderName::from_static("x-deltallm-route-policy-version");
-const OVERHEAD: HeaderName = HeaderName::from_static("x-deltallm-overhead-us");
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-deltallm-request-id");
+pub(crate) const ROUTE_GROUP: HeaderName = HeaderName::from_static("x-deltallm-route-group");
+pub(crate) const ROUTE_STRATEGY: HeaderName = HeaderName::from_static("x-deltallm-route-strategy");
+pub(crate) const ROUTE_DEPLOYMENT: HeaderName = HeaderName::from_static("x-deltallm-route-deployment");
+pub(crate) const ROUTE_FALLBACK: HeaderName = HeaderName::from_static("x-deltallm-route-fallback-used");
+pub(crate) const ROUTE_POLICY_VERSION: HeaderName = HeaderName::from_static("x-deltallm-route-policy-version");
+pub(crate) const OVERHEAD: HeaderName = HeaderName::from_static("x-deltallm-overhead-us");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-deltallm-request-id");
 
 /// Headers of a proxied response: content type (up to three for streams),
 /// five route headers, overhead, request id and content length.
@@ -133,7 +133,7 @@ fn overhead_value(us: u128) -> HeaderValue {
     HeaderValue::from(u64::try_from(us).unwrap_or(u64::MAX))
 }
 
-fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response {
+pub(crate) fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response {
     match result {
         Ok(resp) => {
             let mut out = match resp.body {
@@ -184,7 +184,7 @@ fn proxied(body: Body) -> Response {
     response
 }
 
-fn too_large(limit: usize) -> ProxyError {
+pub(crate) fn too_large(limit: usize) -> ProxyError {
     ProxyError(Error::new(
         ApiErrorKind::PayloadTooLarge,
         format!("Request body exceeds the {limit}-byte limit (general_settings.max_request_body_bytes)"),
@@ -217,7 +217,7 @@ where
 }
 
 /// Bodies up to this size are copied out of the connection's read buffer.
-const UNSHARE_BELOW: usize = 16 * 1024;
+pub(crate) const UNSHARE_BELOW: usize = 16 * 1024;
 
 /// A small body arrives as a slice of hyper's per-connection read buffer.
 /// Held for the whole upstream call, it keeps that buffer shared, and

@@ -16,13 +16,17 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::GatewayService;
+
+mod h1;
+mod rewind;
 
 /// How the server treats client connections.
 #[derive(Debug, Clone)]
@@ -47,8 +51,9 @@ pub async fn serve<F>(listener: TcpListener, service: GatewayService, options: S
 where
     F: Future<Output = ()>,
 {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout);
+    let mut hyper = hyper::server::conn::http1::Builder::new();
+    hyper.timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout);
+    let shared = Arc::new(h1::Shared { service, hyper, header_read_timeout: options.header_read_timeout });
     // Connections watch `stop` (it changes once, at shutdown); `open` counts
     // them (one receiver each).
     let (stop, _) = watch::channel(());
@@ -68,19 +73,10 @@ where
             },
         };
         tune_client_socket(&stream);
-        let connection = builder.serve_connection(TokioIo::new(stream), service.clone());
-        let mut stopping = stop.subscribe();
         let counted = open.subscribe();
+        let connection = h1::connection(stream, shared.clone(), stop.subscribe());
         tokio::spawn(async move {
-            let mut connection = pin!(connection);
-            tokio::select! {
-                biased;
-                result = connection.as_mut() => log_connection_end(result),
-                _ = stopping.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    log_connection_end(connection.await);
-                }
-            }
+            connection.await;
             drop(counted);
         });
     }
