@@ -1,18 +1,14 @@
-//! The gateway's HTTP/1.1 server: an accept loop that hands each connection
-//! to hyper's HTTP/1 connection driver with [`GatewayService`] as the
-//! service, and a graceful shutdown that lets in-flight requests finish.
+//! The gateway's HTTP/1.1 server: an accept loop, one task per connection
+//! (the JSON proxy routes on the lean path of [`h1`], everything else by
+//! hyper's HTTP/1 driver), a request-head timeout and a graceful shutdown
+//! that lets in-flight requests finish.
 //!
-//! `axum::serve` would do the same job with two costs the gateway avoids:
-//! per request it clones the service into a `oneshot`, boxes the request
-//! body and moves the request's large future through one more layer
-//! (together about 3 % of a proxied request's instructions, see
-//! docs/benchmarks.md); and it gives hyper no timer, so a client that opens
-//! a connection and never completes a request head holds it, and its
-//! buffers, forever. Here a request head must arrive within
+//! `axum::serve` gives hyper no timer, so a client that opens a connection
+//! and never completes a request head holds it, and its buffers, forever.
+//! Here a request head must arrive within
 //! [`ServerOptions::header_read_timeout`], counted from when the connection
 //! starts waiting for it (so an idle keep-alive connection is closed after
-//! that long too). That timeout costs about as much as the layers saved:
-//! hyper arms a timer for every request head it waits for.
+//! that long too).
 
 use std::future::Future;
 use std::pin::pin;
