@@ -104,8 +104,15 @@ impl Conn {
         mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> Next {
         let mut armed = false;
+        // Bytes already known to hold no end of head: a head that arrives a
+        // few bytes at a time is not parsed again from its start per read.
+        let mut scanned = 0usize;
         loop {
-            match inspect(&self.buf, shared) {
+            let fresh = &self.buf[scanned.saturating_sub(2)..];
+            let inspected =
+                if scanned == 0 || may_end_head(fresh) { inspect(&self.buf, shared) } else { Inspected::Partial };
+            scanned = self.buf.len();
+            match inspected {
                 Inspected::Partial => {}
                 Inspected::Other => return Next::Other,
                 Inspected::Hot { head_len, mut request } => {
@@ -279,6 +286,16 @@ fn inspect(buf: &[u8], shared: &Shared) -> Inspected {
     });
     let auth = gateway.check_master_key(key);
     Inspected::Hot { head_len, request: HotRequest { endpoint, body_len, close, started: Instant::now(), auth } }
+}
+
+/// Could a head end in `bytes`: a line feed followed by an empty line
+/// (`\n\n` or `\n\r\n`, as `httparse` accepts both)?
+fn may_end_head(bytes: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', bytes).any(|i| match bytes.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => bytes.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
 }
 
 /// A `Content-Length` value: ASCII digits only.
@@ -514,6 +531,16 @@ mod tests {
         let mut out = Vec::new();
         chunk(&mut out, b"");
         assert!(out.is_empty(), "an empty piece must not read as the last chunk");
+    }
+
+    #[test]
+    fn a_head_can_only_end_at_an_empty_line() {
+        assert!(may_end_head(b"Host: x\r\n\r\n"));
+        assert!(may_end_head(b"Host: x\n\n"));
+        assert!(may_end_head(b"\n\r\n"));
+        assert!(!may_end_head(b"Host: x\r\nAccept: y\r\n"));
+        assert!(!may_end_head(b"Host: x\r\n\r"));
+        assert!(!may_end_head(b""));
     }
 
     #[test]
