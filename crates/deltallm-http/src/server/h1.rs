@@ -343,26 +343,28 @@ async fn write_proxied(conn: &mut Conn, answer: ProxyResponse, close: bool) -> i
     let ProxyResponse { body, route, overhead, request_id } = answer;
     let head = &mut conn.head;
     head.clear();
-    head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     match &body {
-        ProxyBody::Json(_) => header(head, "content-type", "application/json"),
-        ProxyBody::Binary { content_type, .. } => header(head, "content-type", content_type),
-        ProxyBody::Stream(_) => {
-            header(head, "content-type", "text/event-stream");
-            header(head, "cache-control", "no-cache");
-            header(head, "x-accel-buffering", "no");
+        ProxyBody::Json(_) => head.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"),
+        ProxyBody::Binary { content_type, .. } => {
+            head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            header(head, "content-type", content_type);
         }
+        ProxyBody::Stream(_) => head.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n",
+        ),
     }
+    // Values the gateway makes itself need no check; the group and
+    // deployment names come from operators.
     header(head, openai::ROUTE_GROUP.as_str(), &route.group);
-    header(head, openai::ROUTE_STRATEGY.as_str(), route.strategy.as_str());
+    trusted(head, openai::ROUTE_STRATEGY.as_str(), route.strategy.as_str());
     header(head, openai::ROUTE_DEPLOYMENT.as_str(), &route.served);
-    header(head, openai::ROUTE_FALLBACK.as_str(), if route.fallback_used { "true" } else { "false" });
+    trusted(head, openai::ROUTE_FALLBACK.as_str(), if route.fallback_used { "true" } else { "false" });
     if let Some(v) = route.policy_version {
-        header(head, openai::ROUTE_POLICY_VERSION.as_str(), itoa::Buffer::new().format(v));
+        trusted(head, openai::ROUTE_POLICY_VERSION.as_str(), itoa::Buffer::new().format(v));
     }
     let overhead = u64::try_from(overhead.as_micros()).unwrap_or(u64::MAX);
-    header(head, openai::OVERHEAD.as_str(), itoa::Buffer::new().format(overhead));
-    header(head, openai::REQUEST_ID.as_str(), &request_id);
+    trusted(head, openai::OVERHEAD.as_str(), itoa::Buffer::new().format(overhead));
+    trusted(head, openai::REQUEST_ID.as_str(), &request_id);
     end_head(
         head,
         close,
@@ -468,21 +470,28 @@ async fn write_local(conn: &mut Conn, response: Response, close: bool) -> io::Re
 /// `HeaderValue::from_str` would refuse it, the header is left out).
 fn header(head: &mut Vec<u8>, name: &str, value: &str) {
     if value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f)) {
-        head.extend_from_slice(name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        trusted(head, name, value);
     }
+}
+
+/// `name: value` for a value the gateway made (a number, a constant, its
+/// own request id), so known to be a valid header value.
+fn trusted(head: &mut Vec<u8>, name: &str, value: &str) {
+    head.reserve(name.len() + value.len() + 4);
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value.as_bytes());
+    head.extend_from_slice(b"\r\n");
 }
 
 /// Framing, `connection: close` when asked, the date, and the blank line.
 fn end_head(head: &mut Vec<u8>, close: bool, length: Option<usize>) {
     match length {
-        Some(n) => header(head, "content-length", itoa::Buffer::new().format(n)),
-        None => header(head, "transfer-encoding", "chunked"),
+        Some(n) => trusted(head, "content-length", itoa::Buffer::new().format(n)),
+        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     if close {
-        header(head, "connection", "close");
+        head.extend_from_slice(b"connection: close\r\n");
     }
     head.extend_from_slice(b"date: ");
     DATE.with(|date| {
