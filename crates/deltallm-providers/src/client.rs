@@ -361,7 +361,9 @@ impl Providers {
         deadline: Option<Duration>,
     ) -> Result<(String, Bytes)> {
         let (limit, what) = self.timer_for(conn, deadline);
-        with_timer(limit, what, async move {
+        // Pinned where it is made, so the timer wraps a pointer to the
+        // exchange instead of moving the exchange's future twice.
+        let exchange = std::pin::pin!(async move {
             let response = direct::post(settings, pool, target, payload).await?;
             let bytes = response.body.collect().await?;
             if !(200..300).contains(&response.status) {
@@ -369,8 +371,8 @@ impl Providers {
                 return Err(Error::from_response(response.status, &headers, &bytes));
             }
             Ok((response.content_type.unwrap_or_else(|| OCTET_STREAM.to_owned()), bytes))
-        })
-        .await
+        });
+        with_timer(limit, what, exchange).await
     }
 
     /// [`Providers::stream`] on the direct client.
@@ -383,7 +385,7 @@ impl Providers {
         wire: Wire,
         deadline: Option<Duration>,
     ) -> Result<Reply> {
-        let response = with_deadline(deadline, async move {
+        let exchange = std::pin::pin!(async move {
             let response = direct::post(settings, pool, target, payload).await?;
             if !(200..300).contains(&response.status) {
                 let headers = response.headers.unwrap_or_default();
@@ -391,8 +393,8 @@ impl Providers {
                 return Err(Error::from_response(response.status, &headers, &bytes));
             }
             Ok(response)
-        })
-        .await?;
+        });
+        let response = with_deadline(deadline, exchange).await?;
         Ok(Reply::Stream(self.chat_stream(conn, response.body.into_stream(), wire)))
     }
 

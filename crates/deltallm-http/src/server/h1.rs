@@ -164,13 +164,12 @@ impl Conn {
     /// Run `work` unless the client closes its side first (then `None`, and
     /// `work` is dropped, which cancels the upstream call). A next request
     /// the client sends meanwhile is kept in the buffer.
-    async fn unless_client_leaves<F: Future>(&mut self, work: F) -> Option<F::Output> {
-        let mut work = pin!(work);
+    async fn unless_client_leaves<F: Future + Unpin>(&mut self, mut work: F) -> Option<F::Output> {
         loop {
             let watch = self.buf.len() < MAX_AHEAD;
             tokio::select! {
                 biased;
-                out = work.as_mut() => return Some(out),
+                out = &mut work => return Some(out),
                 ready = self.stream.readable(), if watch => {
                     ready.ok()?;
                     self.buf.reserve(4096);
@@ -280,9 +279,11 @@ fn inspect(buf: &[u8], shared: &Shared) -> Inspected {
     let gateway = &shared.service.gateway;
     // As `auth::presented_key` reads a `HeaderMap`: a header value that is
     // not visible ASCII counts as absent.
-    let key = master.and_then(visible).map(str::trim).or_else(|| {
-        let (scheme, token) = authorization.and_then(visible)?.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let key = master.and_then(visible).map(str::trim_ascii).or_else(|| {
+        let value = authorization.and_then(visible)?.trim_ascii();
+        let space = memchr::memchr(b' ', value.as_bytes())?;
+        let (scheme, token) = (&value[..space], &value[space + 1..]);
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_ascii())
     });
     let auth = gateway.check_master_key(key);
     Inspected::Hot { head_len, request: HotRequest { endpoint, body_len, close, started: Instant::now(), auth } }
@@ -328,7 +329,10 @@ async fn serve_hot(conn: &mut Conn, shared: &Shared, request: HotRequest) -> io:
         write_local(conn, openai::local(started, ProxyError(e).into_response()), close).await?;
         return Ok(!close);
     }
-    let Some(answer) = conn.unless_client_leaves(gateway.proxy_json(endpoint, body, started)).await else {
+    // Pinned where it is made: the call's future is several KiB, and every
+    // move of it is a copy.
+    let call = pin!(gateway.proxy_json(endpoint, body, started));
+    let Some(answer) = conn.unless_client_leaves(call).await else {
         return Err(io::ErrorKind::ConnectionAborted.into());
     };
     match answer {
