@@ -426,6 +426,41 @@ on_both_backends!(a_client_that_leaves_cancels_the_upstream_call, |url: String| 
     app.stop().await;
 });
 
+on_both_backends!(a_client_that_leaves_before_the_answer_still_leaves_a_spend_record, |url: String| async move {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion()).set_delay(Duration::from_secs(3)))
+        .mount(&upstream)
+        .await;
+    let app = TestApp::start(&url, test_settings()).await;
+    add(&app, "gpt", "gpt-a", "openai", &format!("{}/v1", upstream.uri()), json!({})).await;
+    let left = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(MASTER_KEY)
+        .timeout(Duration::from_millis(300))
+        .json(&json!({"model": "gpt", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await;
+    assert!(left.is_err(), "the client was meant to give up first");
+    // The gateway notices the closed connection and drops the call.
+    let mut rows = Vec::new();
+    for _ in 0..40 {
+        app.gateway.flush_spend().await;
+        rows = app.gateway.store().recent_spend(5).await.unwrap();
+        if !rows.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows.len(), 1, "one spend record for the abandoned request");
+    assert_eq!(rows[0].status, "client_disconnected");
+    assert_eq!(rows[0].http_status_code, 499);
+    assert_eq!(rows[0].model, "gpt");
+    assert_eq!(rows[0].spend, 0.0);
+    app.stop().await;
+});
+
 on_both_backends!(an_upstream_that_echoes_the_key_cannot_leak_it, |url: String| async move {
     let upstream = MockServer::start().await;
     Mock::given(method("POST"))

@@ -161,6 +161,40 @@ impl From<Error> for ProxyError {
     }
 }
 
+/// A request's spend context while its upstream call runs. The HTTP layer
+/// drops the request's future when the client closes its connection; the
+/// request then still leaves its one spend event (SPEND-3), as
+/// `client_disconnected`, instead of none.
+struct Abandoned<'g> {
+    gateway: &'g Gateway,
+    spend: Option<SpendContext>,
+    started: Instant,
+}
+
+impl<'g> Abandoned<'g> {
+    fn watch(gateway: &'g Gateway, spend: SpendContext, started: Instant) -> Self {
+        Self { gateway, spend: Some(spend), started }
+    }
+
+    /// The call came back: its outcome is recorded by the caller.
+    fn answered(mut self) -> SpendContext {
+        match self.spend.take() {
+            Some(spend) => spend,
+            // Only `answered` takes it, and it consumes the guard.
+            None => unreachable!("spend context taken twice"),
+        }
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(spend) = self.spend.take() {
+            tracing::debug!(request_id = %spend.request_id, "client left before the answer; upstream call cancelled");
+            self.gateway.record_spend(spend.abandoned(self.started));
+        }
+    }
+}
+
 /// What is sent upstream.
 enum Payload<'b, 'a> {
     Json(&'b RequestBody<'a>),
@@ -280,14 +314,14 @@ impl Gateway {
             }
             None => &parsed,
         };
-        let spend = SpendContext::new(endpoint.call_type(), &model, stream, &tags);
+        let pending = Abandoned::watch(self, SpendContext::new(endpoint.call_type(), &model, stream, &tags), started);
         let result = match self.resolve_target(&model, endpoint) {
             Ok((registry, entry)) => {
                 self.route_and_call(&registry, &entry, endpoint, Payload::Json(upstream_body), &tags, started).await
             }
             Err(e) => Err(e.into()),
         };
-        self.finish(result, endpoint, Some(&parsed), spend, started)
+        self.finish(result, endpoint, Some(&parsed), pending.answered(), started)
     }
 
     /// A request refused before routing still leaves its spend event
@@ -313,14 +347,14 @@ impl Gateway {
         started: Instant,
     ) -> Result<ProxyResponse, ProxyError> {
         let endpoint = Endpoint::AudioTranscriptions;
-        let spend = SpendContext::new(endpoint.call_type(), model, false, &[]);
+        let pending = Abandoned::watch(self, SpendContext::new(endpoint.call_type(), model, false, &[]), started);
         let result = match self.resolve_target(model, endpoint) {
             Ok((registry, entry)) => {
                 self.route_and_call(&registry, &entry, endpoint, Payload::Form(&fields), &[], started).await
             }
             Err(e) => Err(e.into()),
         };
-        self.finish(result, endpoint, None, spend, started)
+        self.finish(result, endpoint, None, pending.answered(), started)
     }
 
     fn finish(

@@ -224,6 +224,13 @@ impl SpendContext {
         }
     }
 
+    /// A request whose client left before it was answered (its connection
+    /// closed while the upstream call ran): cost 0, and the call was
+    /// cancelled, so no deployment is named.
+    pub fn abandoned(&self, started: std::time::Instant) -> SpendRecord {
+        SpendRecord { status: "client_disconnected", http_status_code: 499, ..self.base(started) }
+    }
+
     /// A failed request: cost 0 (SPEND-3).
     pub fn failure(
         &self,
