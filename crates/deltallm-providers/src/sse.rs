@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 
@@ -35,9 +35,25 @@ impl LineSplitter {
         self.chunk = chunk;
     }
 
-    /// The next complete line without its terminator.
+    /// The next complete non-empty line without its terminator. Empty
+    /// lines (the blank line after every event) are passed over: no
+    /// translator needs them, and each would cost a slice of the chunk.
     pub(crate) fn next_line(&mut self) -> Option<Bytes> {
-        match memchr::memchr(b'\n', &self.chunk) {
+        loop {
+            let i = memchr::memchr(b'\n', &self.chunk);
+            if let Some(i) = i
+                && self.partial.is_empty()
+                && (i == 0 || (i == 1 && self.chunk[0] == b'\r'))
+            {
+                self.chunk.advance(i + 1);
+                continue;
+            }
+            return self.take_line(i);
+        }
+    }
+
+    fn take_line(&mut self, end: Option<usize>) -> Option<Bytes> {
+        match end {
             Some(i) => {
                 let piece = self.chunk.split_to(i + 1);
                 let line = if self.partial.is_empty() {
@@ -406,7 +422,7 @@ mod tests {
     fn splits_across_chunks_and_crlf() {
         let mut s = LineSplitter::default();
         s.push(Bytes::from_static(b"data: a\r\n\r\nda"));
-        assert_eq!(lines(&mut s), ["data: a", ""]);
+        assert_eq!(lines(&mut s), ["data: a"], "blank lines are passed over");
         s.push(Bytes::from_static(b"ta: b"));
         assert!(lines(&mut s).is_empty());
         s.push(Bytes::from_static(b"c\n: comment\ndata: [DONE]"));
