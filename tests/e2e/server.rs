@@ -301,6 +301,17 @@ async fn connection_close_wrong_keys_and_oversized_bodies_get_whole_answers() {
     assert!(body.contains("max_request_body_bytes"), "{body}");
     assert!(c.closed().await);
 
+    // A wrong key is reported before an oversized body, as behind hyper.
+    let mut c = RawClient::connect(&app.base).await;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-wrong\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    c.send(head.as_bytes()).await;
+    let (status, head, _) = c.response().await;
+    assert_eq!(status, 401);
+    assert!(head.contains("connection: close"), "{head}");
+
     // A malformed head is refused with a 400, as before.
     let mut c = RawClient::connect(&app.base).await;
     c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost x\r\n\r\n").await;

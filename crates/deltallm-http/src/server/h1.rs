@@ -115,9 +115,8 @@ impl Conn {
             match inspected {
                 Inspected::Partial => {}
                 Inspected::Other => return Next::Other,
-                Inspected::Hot { head_len, mut request } => {
+                Inspected::Hot { head_len, request } => {
                     self.buf.advance(head_len);
-                    request.started = Instant::now();
                     return Next::Hot(request);
                 }
             }
@@ -317,18 +316,26 @@ async fn serve_hot(conn: &mut Conn, shared: &Shared, request: HotRequest) -> io:
     let gateway = &shared.service.gateway;
     let HotRequest { endpoint, body_len, close, started, auth } = request;
     let limit = gateway.settings().max_request_body_bytes;
-    if body_len > limit {
-        // The body is not read: answer, then close without resetting the
-        // connection under the answer.
-        write_local(conn, openai::local(started, openai::too_large(limit).into_response()), true).await?;
-        conn.linger_close().await;
-        return Ok(false);
-    }
-    let body = conn.body(body_len).await?;
-    if let Err(e) = auth {
-        write_local(conn, openai::local(started, ProxyError(e).into_response()), close).await?;
+    // Refused as the routes behind hyper refuse: a missing or wrong key
+    // first, then a body over the limit.
+    let refusal = match auth {
+        Err(e) => Some(ProxyError(e).into_response()),
+        Ok(()) if body_len > limit => Some(openai::too_large(limit).into_response()),
+        Ok(()) => None,
+    };
+    if let Some(refusal) = refusal {
+        if body_len > limit {
+            // The body is not read: answer, then close without resetting
+            // the connection under the answer.
+            write_local(conn, openai::local(started, refusal), true).await?;
+            conn.linger_close().await;
+            return Ok(false);
+        }
+        conn.body(body_len).await?;
+        write_local(conn, openai::local(started, refusal), close).await?;
         return Ok(!close);
     }
+    let body = conn.body(body_len).await?;
     // Pinned where it is made: the call's future is several KiB, and every
     // move of it is a copy.
     let call = pin!(gateway.proxy_json(endpoint, body, started));
