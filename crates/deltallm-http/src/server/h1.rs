@@ -276,15 +276,7 @@ fn inspect(buf: &[u8], shared: &Shared) -> Inspected {
     }
     let Some(body_len) = length else { return Inspected::Other };
     let gateway = &shared.service.gateway;
-    // As `auth::presented_key` reads a `HeaderMap`: a header value that is
-    // not visible ASCII counts as absent.
-    let key = master.and_then(visible).map(str::trim_ascii).or_else(|| {
-        let value = authorization.and_then(visible)?.trim_ascii();
-        let space = memchr::memchr(b' ', value.as_bytes())?;
-        let (scheme, token) = (&value[..space], &value[space + 1..]);
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_ascii())
-    });
-    let auth = gateway.check_master_key(key);
+    let auth = gateway.check_master_key(crate::auth::key_from(master, authorization));
     Inspected::Hot { head_len, request: HotRequest { endpoint, body_len, close, started: Instant::now(), auth } }
 }
 
@@ -304,11 +296,6 @@ fn digits(value: &[u8]) -> Option<usize> {
         return None;
     }
     value.iter().try_fold(0usize, |n, d| n.checked_mul(10)?.checked_add(usize::from(d - b'0')))
-}
-
-/// What `HeaderValue::to_str` accepts: tab and visible ASCII.
-fn visible(value: &[u8]) -> Option<&str> {
-    value.iter().all(|b| *b == b'\t' || (0x20..0x7f).contains(b)).then(|| std::str::from_utf8(value).ok()).flatten()
 }
 
 /// Serve one proxied request; `Ok(true)` when the connection can take another.
