@@ -14,6 +14,10 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 
+mod scan;
+
+pub(crate) use scan::plain_run;
+
 /// A top-level key. Borrowed from the input unless it contained escapes.
 struct Key<'a>(Cow<'a, str>);
 
@@ -41,7 +45,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 /// Top-level fields in document order. A repeated key keeps its first
 /// position and its last value, as JSON parsers conventionally do.
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+struct Fields<'a>(Vec<(Cow<'a, str>, Raw<'a>)>);
 
 impl<'de> Deserialize<'de> for Fields<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -52,12 +56,9 @@ impl<'de> Deserialize<'de> for Fields<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    match fields.iter_mut().find(|(existing, _)| *existing == k) {
-                        Some(slot) => slot.1 = v,
-                        None => fields.push((k, v)),
-                    }
+                    insert(&mut fields, k, Raw(v.get()));
                 }
                 Ok(Fields(fields))
             }
@@ -66,10 +67,34 @@ impl<'de> Deserialize<'de> for Fields<'de> {
     }
 }
 
+fn insert<'a>(fields: &mut Vec<(Cow<'a, str>, Raw<'a>)>, key: Cow<'a, str>, value: Raw<'a>) {
+    match fields.iter_mut().find(|(existing, _)| *existing == key) {
+        Some(slot) => slot.1 = value,
+        None => fields.push((key, value)),
+    }
+}
+
+/// One JSON value of the request as the client wrote it (no surrounding
+/// whitespace), already validated as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raw<'a>(&'a str);
+
+impl<'a> Raw<'a> {
+    /// The value's JSON text.
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+
+    /// Text the caller has already validated as one JSON value.
+    pub(crate) fn validated(json: &'a str) -> Self {
+        Self(json)
+    }
+}
+
 /// The client's JSON body: top-level fields as borrowed raw JSON.
 #[derive(Debug, Clone)]
 pub struct RequestBody<'a> {
-    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    fields: Vec<(Cow<'a, str>, Raw<'a>)>,
 }
 
 impl<'a> RequestBody<'a> {
@@ -83,13 +108,19 @@ impl<'a> RequestBody<'a> {
         // raw value without checking each again (`from_slice` does).
         let text = std::str::from_utf8(bytes)
             .map_err(|e| Error::invalid(format!("Invalid JSON body: not valid UTF-8 at byte {}", e.valid_up_to())))?;
+        if let Some(fields) = scan::object(text) {
+            return Ok(Self { fields });
+        }
+        // The scan accepts only what serde_json accepts; whatever it turns
+        // down goes to serde_json, which either accepts it after all or
+        // says what is wrong with it.
         let Fields(fields) =
             serde_json::from_str(text).map_err(|e| Error::invalid(format!("Invalid JSON body: {e}")))?;
         Ok(Self { fields })
     }
 
     /// Raw value of a top-level key.
-    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+    pub fn get(&self, key: &str) -> Option<Raw<'a>> {
         self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 
@@ -105,7 +136,7 @@ impl<'a> RequestBody<'a> {
 
     /// `stream: true`.
     pub fn stream(&self) -> bool {
-        self.get("stream").is_some_and(|v| v.get().trim() == "true")
+        self.get("stream").is_some_and(|v| v.get() == "true")
     }
 
     /// Deserialize one field; `None` when absent, InvalidRequest naming the
@@ -120,7 +151,7 @@ impl<'a> RequestBody<'a> {
     }
 
     /// Top-level fields in document order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Raw<'a>)> + '_ {
         self.fields.iter().map(|(k, v)| (k.as_ref(), *v))
     }
 }
@@ -133,8 +164,8 @@ fn invalid_json_message(bytes: &[u8]) -> String {
 }
 
 /// A JSON string value, borrowed when it has no escapes.
-pub(crate) fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get().trim();
+pub(crate) fn raw_str(raw: Raw<'_>) -> Option<Cow<'_, str>> {
+    let text = raw.get();
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if inner.contains('\\') {
         serde_json::from_str::<String>(text).ok().map(Cow::Owned)

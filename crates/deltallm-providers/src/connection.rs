@@ -17,7 +17,7 @@ use reqwest::Url;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::body::RequestBody;
+use crate::body::{Raw, RequestBody};
 use crate::direct::{Pool, Target};
 use crate::error::{Error, Result};
 use crate::operation::Operation;
@@ -323,8 +323,9 @@ impl Connection {
     }
 
     /// A client field, else the deployment default for it (client wins, RUN-16).
-    pub(crate) fn field<'s>(&'s self, body: &RequestBody<'s>, key: &str) -> Option<&'s RawValue> {
-        body.get(key).or_else(|| self.defaults.iter().find(|(k, _)| k.as_ref() == key).map(|(_, v)| v.as_ref()))
+    pub(crate) fn field<'s>(&'s self, body: &RequestBody<'s>, key: &str) -> Option<Raw<'s>> {
+        body.get(key)
+            .or_else(|| self.defaults.iter().find(|(k, _)| k.as_ref() == key).map(|(_, v)| Raw::validated(v.get())))
     }
 
     /// Add the auth header and fixed extra headers (anthropic-version, ...).

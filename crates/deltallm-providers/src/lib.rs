@@ -26,7 +26,7 @@ mod sse;
 mod tools;
 mod usage;
 
-pub use body::RequestBody;
+pub use body::{Raw, RequestBody};
 pub use client::{FormField, FormValue, HttpSettings, Probe, Providers, Reply};
 pub use connection::Connection;
 pub use error::{Error, ErrorClass, Result, UpstreamFields};

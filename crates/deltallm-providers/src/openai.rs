@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::body::{ObjectWriter, RequestBody};
+use crate::body::{ObjectWriter, Raw, RequestBody};
 use crate::connection::Connection;
 use crate::operation::Operation;
 use crate::usage::{self, Usage};
@@ -41,7 +41,7 @@ pub(crate) fn injects_stream_usage(conn: &Connection, op: Operation, body: &Requ
 }
 
 /// The client's `stream_options` with `include_usage: true` added.
-fn with_include_usage(client: Option<&serde_json::value::RawValue>) -> Cow<'static, str> {
+fn with_include_usage(client: Option<Raw<'_>>) -> Cow<'static, str> {
     // Most streams come without options of their own: nothing to merge.
     let Some(raw) = client.filter(|raw| raw.get() != "null") else {
         return Cow::Borrowed(r#"{"include_usage":true}"#);

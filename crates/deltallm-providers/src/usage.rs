@@ -192,12 +192,14 @@ pub(crate) fn top_level_value<'a>(body: &'a [u8], key: &[u8]) -> Option<&'a [u8]
                 let start = i + 1;
                 let mut end = start;
                 loop {
-                    // Most of a body is string content: jump to its next quote or escape.
-                    end += memchr::memchr2(b'"', b'\\', body.get(end..)?)?;
-                    if body[end] == b'"' {
-                        break;
+                    // Most of a body is string content: jump to its next quote
+                    // or escape (or control character, which is content here).
+                    end = crate::body::plain_run(body, end);
+                    match *body.get(end)? {
+                        b'"' => break,
+                        b'\\' => end += 2,
+                        _ => end += 1,
                     }
-                    end += 2;
                 }
                 i = end + 1;
                 if depth == 1 && &body[start..end] == key {
