@@ -20,7 +20,9 @@
 # per request under valgrind instead of timings: repeatable on a noisy machine), CARGO_TARGET_DIR,
 # BENCH_CALLGRIND_CACHE=1 (with BENCH_CALLGRIND=1: callgrind's cache simulation, misses per request),
 # BENCH_GATEWAY_BIN (use this binary instead of building one), BENCH_MAX_STEAL (%, 5: a
-# ratio whose rows lost more of the proxy core to the hypervisor gets no verdict).
+# round whose rows lost more of the proxy core to the hypervisor counts for no verdict),
+# BENCH_ROUNDS (3: every row is measured this many times, the targets taking turns within
+# a round; each ratio is the median of its rounds' ratios).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -35,6 +37,7 @@ LOADGEN_CPU=${BENCH_LOADGEN_CPU:-0}
 PROXY_CPU=${BENCH_PROXY_CPU:-1}
 OVERHEAD_SECONDS=${BENCH_OVERHEAD_SECONDS:-3}
 MAX_STEAL=${BENCH_MAX_STEAL:-5}
+ROUNDS=${BENCH_ROUNDS:-3}
 MOCK_PORT=$((PORT_BASE + 1))
 PROXY_PORT=$((PORT_BASE + 2))
 GW_PORT=$((PORT_BASE + 3))
@@ -54,6 +57,10 @@ for v in DURATION WARMUP OVERHEAD_SECONDS; do
     exit 2
   fi
 done
+if ! [[ $ROUNDS =~ ^[1-9]$ ]]; then
+  echo "error: BENCH_ROUNDS must be a whole number from 1 to 9" >&2
+  exit 2
+fi
 if ! [[ $MAX_STEAL =~ ^[0-9]+$ ]] || ((MAX_STEAL > 100)); then
   echo "error: BENCH_MAX_STEAL must be an integer percentage ≤ 100" >&2
   exit 2
@@ -501,15 +508,15 @@ if (((bl1 - bl0) * 100 > 10 * (blt1 - blt0 + 1) || (bp1 - bp0) * 100 > 10 * (bpt
 fi
 
 RAW=$OUT/raw.tsv
-printf 'target\tmode\tc\trequests\tduration_us\terrors\trps\tmean_us\tp50_us\tp90_us\tp99_us\tp999_us\tcpu_us_per_req\tpeak_rss_kib\tcore%s_busy_pct\tcore%s_busy_pct\tcore%s_steal_pct\tcore%s_steal_pct\tkernel_pct\tspend_writer_us_per_req\tspend_records_dropped\n' \
+printf 'target\tmode\tc\trequests\tduration_us\terrors\trps\tmean_us\tp50_us\tp90_us\tp99_us\tp999_us\tcpu_us_per_req\tpeak_rss_kib\tcore%s_busy_pct\tcore%s_busy_pct\tcore%s_steal_pct\tcore%s_steal_pct\tkernel_pct\tspend_writer_us_per_req\tspend_records_dropped\tround\n' \
   "$LOADGEN_CPU" "$PROXY_CPU" "$LOADGEN_CPU" "$PROXY_CPU" >"$RAW"
 
-measure() { # $1 = target, $2 = mode, $3 = concurrency
-  local target=$1 mode=$2 c=$3 label="$1-$2-c$3" url body pids
+measure() { # $1 = target, $2 = mode, $3 = concurrency, $4 = round
+  local target=$1 mode=$2 c=$3 round=$4 label="$1-$2-c$3-r$4" url body pids
   url=$(url_of "$target" "$mode")
   body=$RUN/body-$mode.json
   mapfile -t pids < <(proc_pids "$target")
-  log "measuring $label (${WARMUP}s warm-up + ${DURATION}s)"
+  log "measuring $label (round $round of $ROUNDS: ${WARMUP}s warm-up + ${DURATION}s)"
   if ((WARMUP > 0)); then
     run_wrk "$label-warmup" "$url" "$body" "$c" "$WARMUP" "$HERE/wrk-post.lua" >"$OUT/$label-warmup.txt" 2>&1 || true
   fi
@@ -534,7 +541,7 @@ measure() { # $1 = target, $2 = mode, $3 = concurrency
   awk -v line="$line" -v target="$target" -v mode="$mode" -v c="$c" -v ticks=$((t1 - t0)) -v sticks=$((s1 - s0)) -v hz="$CLK_TCK" \
     -v haspids="${#pids[@]}" -v peak="$peak" -v spendns=$((w1 - w0)) -v spenddrop=$(( ${q1:-0} - ${q0:-0} )) -v isgw=$([[ $target == gateway ]] && echo 1 || echo 0) \
     -v lb=$((l1 - l0)) -v lt=$((lt1 - lt0)) -v pb=$((p1 - p0)) -v pt=$((pt1 - pt0)) \
-    -v lst=$((ls1 - ls0)) -v pst=$((ps1 - ps0)) 'BEGIN {
+    -v lst=$((ls1 - ls0)) -v pst=$((ps1 - ps0)) -v round="$round" 'BEGIN {
       n = split(line, kv, " ");
       for (i = 2; i <= n; i++) { split(kv[i], a, "="); r[a[1]] = a[2] }
       err = r["connect_err"] + r["read_err"] + r["write_err"] + r["status_err"] + r["timeout_err"];
@@ -544,19 +551,23 @@ measure() { # $1 = target, $2 = mode, $3 = concurrency
       kern = (haspids > 0 && ticks > 0) ? sprintf("%.0f", 100 * sticks / ticks) : "-";
       spend = (isgw && r["requests"] > 0) ? sprintf("%.1f", spendns / 1000 / r["requests"]) : "-";
       dropped = isgw ? spenddrop : "-";
-      printf "%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\n", target, mode, c,
+      printf "%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\t%d\n", target, mode, c,
         r["requests"], r["duration_us"], err, rps, r["mean_us"], r["p50_us"], r["p90_us"], r["p99_us"], r["p999_us"],
-        cpu, pk, (lt ? 100 * lb / lt : 0), (pt ? 100 * pb / pt : 0), (lt ? 100 * lst / lt : 0), (pt ? 100 * pst / pt : 0), kern, spend, dropped
+        cpu, pk, (lt ? 100 * lb / lt : 0), (pt ? 100 * pb / pt : 0), (lt ? 100 * lst / lt : 0), (pt ? 100 * pst / pt : 0), kern, spend, dropped, round
     }' >>"$RAW"
   if [[ $(tail -n1 "$RAW" | cut -f6) != 0 ]]; then
     log "warning: $label had errors or non-2xx responses (see $OUT/$label.txt)"
   fi
 }
 
-for mode in $MODES; do
-  for c in $CONCURRENCY; do
-    for target in $TARGETS; do
-      measure "$target" "$mode" "$c"
+# Rounds outermost: a slow spell of the host lands in one round's rows of
+# every target rather than in all rows of one target.
+for round in $(seq 1 "$ROUNDS"); do
+  for mode in $MODES; do
+    for c in $CONCURRENCY; do
+      for target in $TARGETS; do
+        measure "$target" "$mode" "$c" "$round"
+      done
     done
   done
 done
@@ -589,7 +600,7 @@ REPORT=$OUT/report.md
     "kernel $(uname -r); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'); $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}');" \
     "gateway $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- crates bins 2>/dev/null || echo '+dirty')."
   echo "wrk -t1 and the nginx mock on cpu $LOADGEN_CPU; proxy under test on cpu $PROXY_CPU." \
-    "${WARMUP}s warm-up + ${DURATION}s per row. Gateway: $GW_THREADS threads at the end, 1 tokio worker (affinity = 1 CPU)."
+    "${WARMUP}s warm-up + ${DURATION}s per row, $ROUNDS round(s). Gateway: $GW_THREADS threads at the end, 1 tokio worker (affinity = 1 CPU)."
   echo "Background load before measuring: $BG_LOAD." \
     "Gateway log: $(grep -c 'spend records dropped' "$OUT/gateway.log" || true) spend-queue-full warnings, $(grep -c 'ERROR' "$OUT/gateway.log" || true) errors."
   echo
@@ -598,52 +609,81 @@ REPORT=$OUT/report.md
     function ms(us) { return sprintf("%.3f", us / 1000) }
     function mib(k) { return k == "-" ? "-" : sprintf("%.1f", k / 1024) }
     END {
-      print "| target | mode | c | req/s | p50 ms | p99 ms | CPU µs/req | of it kernel | of it spend writer µs | spend records dropped | peak RSS MiB | errors | cpu" lc " busy | cpu" pc " busy | cpu" pc " stolen |";
-      print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+      print "| round | target | mode | c | req/s | p50 ms | p99 ms | CPU µs/req | of it kernel | of it spend writer µs | spend records dropped | peak RSS MiB | errors | cpu" lc " busy | cpu" pc " busy | cpu" pc " stolen |";
+      print "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
       for (i = 1; i <= n; i++) {
         split(rows[i], f, "\t");
-        printf "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %d | %d%% | %d%% | %d%% |\n",
-          f[1], f[2], f[3], f[7], ms(f[9]), ms(f[11]), f[13], (f[19] == "-" ? "-" : f[19] "%"), f[20], f[21], mib(f[14]), f[6], f[15], f[16], f[18]
+        printf "| %s | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %d | %d%% | %d%% | %d%% |\n",
+          f[22], f[1], f[2], f[3], f[7], ms(f[9]), ms(f[11]), f[13], (f[19] == "-" ? "-" : f[19] "%"), f[20], f[21], mib(f[14]), f[6], f[15], f[16], f[18]
       }
     }' "$RAW"
   echo
   echo "## Ratios (same run)"
   echo
-  echo "Added p50 = p50(proxy) − p50(direct) at the same mode and concurrency."
+  echo "Added p50 = p50(proxy) − p50(direct) at the same mode and concurrency. Each ratio is worked out"
+  echo "within one round (the three targets measured back to back); the verdict is on the median of"
+  echo "the rounds' ratios, listed in brackets. The req/s, ms and µs columns are medians over the same rounds."
   echo
-  awk -F'\t' -v gwpeak="$GW_PEAK_TOTAL" -v maxsteal="$MAX_STEAL" 'NR == 1 { next }
-    { key = $1 SUBSEP $2 SUBSEP $3; rps[key] = $7; p50[key] = $9; p99[key] = $11; cpu[key] = $13; err[key] = $6; st[key] = $18; dr[key] = $21; modes[$2] = 1; cs[$3] = 1 }
+  awk -F'\t' -v gwpeak="$GW_PEAK_TOTAL" -v maxsteal="$MAX_STEAL" -v rounds="$ROUNDS" 'NR == 1 { next }
+    { key = $1 SUBSEP $2 SUBSEP $3 SUBSEP $22; rps[key] = $7; p50[key] = $9; cpu[key] = $13; err[key] = $6; st[key] = $18; dr[key] = $21; modes[$2] = 1; cs[$3] = 1 }
     function verdict(ok) { return ok ? "PASS" : "FAIL" }
-    # A row during which the hypervisor took more than maxsteal % of the
-    # proxy core measured the host, not the proxy: no verdict for it.
-    # A gateway row that dropped spend records did less than the full work
-    # of a request: no verdict for it either.
-    function judge(ok, g, x,   s) {
-      if (dr[g] != "-" && dr[g] > 0) return sprintf("no verdict (%d spend records dropped)", dr[g]);
-      s = st[g] > st[x] ? st[g] : st[x];
-      return s > maxsteal ? sprintf("no verdict (%d%% stolen)", s) : verdict(ok)
+    # Median of a[1..n] (sorted in place).
+    function median(a, n,   i, j, t) {
+      for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
-    function have(t, m, c) { return ((t SUBSEP m SUBSEP c) in rps) }
+    # Why a round cannot count, or "". A round during which the hypervisor
+    # took more than maxsteal % of the proxy core measured the host, not the
+    # proxy; a gateway row that dropped spend records did less than the full
+    # work of a request.
+    function excluded(g, x,   s) {
+      if (dr[g] != "-" && dr[g] > 0) return sprintf("%d spend records dropped", dr[g]);
+      s = st[g] > st[x] ? st[g] : st[x];
+      return s > maxsteal ? sprintf("%d%% stolen", s) : ""
+    }
+    function judge(ok, n, why) { return n > 0 ? verdict(ok) : "no verdict (" why ")" }
     END {
       print "| check | mode | c | gateway | nginx-proxy | direct | ratio | target | result |";
       print "|---|---|---:|---:|---:|---:|---:|---:|---|";
       for (m in modes) for (c in cs) {
-        g = "gateway" SUBSEP m SUBSEP c; x = "nginx" SUBSEP m SUBSEP c; d = "direct" SUBSEP m SUBSEP c;
-        if (!have("gateway", m, c) || !have("nginx", m, c) || !have("direct", m, c)) continue;
-        r = rps[x] > 0 ? rps[g] / rps[x] : 0;
-        printf "| throughput | %s | %s | %d req/s | %d req/s | %d req/s | %.2f× nginx, %.2f× direct | ≥ 0.80× nginx | %s |\n",
-          m, c, rps[g], rps[x], rps[d], r, (rps[d] > 0 ? rps[g] / rps[d] : 0), (c == 32 ? judge(r >= 0.8, g, x) : "(info)");
-        ga = p50[g] - p50[d]; xa = p50[x] - p50[d];
-        r = xa > 0 ? ga / xa : 999;
-        printf "| added p50 | %s | %s | +%.3f ms | +%.3f ms | %.3f ms | %.2f× nginx | ≤ 1.30× nginx | %s |\n",
-          m, c, ga / 1000, xa / 1000, p50[d] / 1000, r, (c == 1 ? judge(r <= 1.3, g, x) : "(info)");
-        if (cpu[g] != "-" && cpu[x] != "-" && cpu[x] > 0) {
-          r = cpu[g] / cpu[x];
-          printf "| CPU per request | %s | %s | %.1f µs | %.1f µs | - | %.2f× nginx | ≤ 2.00× nginx | %s |\n",
-            m, c, cpu[g], cpu[x], r, judge(r <= 2.0, g, x)
+        n = 0; nc = 0; why = ""; errs = 0; lt = ""; la = ""; lc = "";
+        delete tr; delete gr; delete xr; delete dd; delete ar; delete ga; delete xa; delete dp; delete cr; delete gc; delete xc;
+        for (rd = 1; rd <= rounds; rd++) {
+          g = "gateway" SUBSEP m SUBSEP c SUBSEP rd; x = "nginx" SUBSEP m SUBSEP c SUBSEP rd; d = "direct" SUBSEP m SUBSEP c SUBSEP rd;
+          if (!(g in rps) || !(x in rps) || !(d in rps)) continue;
+          errs += err[g] + err[x] + err[d];
+          e = excluded(g, x);
+          if (e != "") { why = why (why == "" ? "" : "; ") "round " rd ": " e; continue }
+          n++;
+          tr[n] = rps[x] > 0 ? rps[g] / rps[x] : 0; gr[n] = rps[g]; xr[n] = rps[x]; dd[n] = rps[d];
+          ga[n] = p50[g] - p50[d]; xa[n] = p50[x] - p50[d]; dp[n] = p50[d];
+          ar[n] = xa[n] > 0 ? ga[n] / xa[n] : 999;
+          lt = lt (n > 1 ? ", " : "") sprintf("%.2f", tr[n]); la = la (n > 1 ? ", " : "") sprintf("%.2f", ar[n]);
+          if (cpu[g] != "-" && cpu[x] != "-" && cpu[x] > 0) {
+            nc++; cr[nc] = cpu[g] / cpu[x]; gc[nc] = cpu[g]; xc[nc] = cpu[x];
+            lc = lc (nc > 1 ? ", " : "") sprintf("%.2f", cr[nc])
+          }
         }
-        if (err[g] + err[x] + err[d] > 0)
-          printf "| errors | %s | %s | %d | %d | %d | - | 0 | FAIL |\n", m, c, err[g], err[x], err[d]
+        if (n == 0 && why == "") continue;
+        if (why == "") why = "no round left";
+        if (n > 0) {
+          r = median(tr, n);
+          printf "| throughput | %s | %s | %d req/s | %d req/s | %d req/s | %.2f× nginx [%s], %.2f× direct | ≥ 0.80× nginx | %s |\n",
+            m, c, median(gr, n), median(xr, n), median(dd, n), r, lt, median(gr, n) / median(dd, n), (c == 32 ? judge(r >= 0.8, n, why) : "(info)");
+          r = median(ar, n);
+          printf "| added p50 | %s | %s | +%.3f ms | +%.3f ms | %.3f ms | %.2f× nginx [%s] | ≤ 1.30× nginx | %s |\n",
+            m, c, median(ga, n) / 1000, median(xa, n) / 1000, median(dp, n) / 1000, r, la, (c == 1 ? judge(r <= 1.3, n, why) : "(info)");
+        } else {
+          printf "| throughput | %s | %s | - | - | - | - | ≥ 0.80× nginx | %s |\n", m, c, (c == 32 ? judge(0, 0, why) : "(info)");
+          printf "| added p50 | %s | %s | - | - | - | - | ≤ 1.30× nginx | %s |\n", m, c, (c == 1 ? judge(0, 0, why) : "(info)");
+        }
+        if (nc > 0) {
+          r = median(cr, nc);
+          printf "| CPU per request | %s | %s | %.1f µs | %.1f µs | - | %.2f× nginx [%s] | ≤ 2.00× nginx | %s |\n",
+            m, c, median(gc, nc), median(xc, nc), r, lc, judge(r <= 2.0, nc, why)
+        }
+        if (errs > 0)
+          printf "| errors | %s | %s | %d | - | - | - | 0 | FAIL |\n", m, c, errs
       }
       printf "| peak RSS (VmHWM, whole run) | all | all | %.1f MiB | - | - | - | ≤ 40 MiB | %s |\n", gwpeak / 1024, verdict(gwpeak <= 40 * 1024)
     }' "$RAW" | { read -r h1; read -r h2; echo "$h1"; echo "$h2"; sort -t'|' -k2,2 -k3,3 -k4,4n; }
