@@ -149,6 +149,20 @@ impl OpenAiSse {
     }
 }
 
+/// The usual layout of the usage-only chunk, decided without a scan:
+/// `..."choices":[],"usage":...` where `"usage"` at `usage_key` is the body's
+/// last top-level member. The member right before it is then top-level too,
+/// so `Some(true)` when it is `"choices"` with `[]`; `None` (ask
+/// [`has_no_choices`]) for any other layout.
+fn empty_choices_before(payload: &[u8], usage_key: usize) -> Option<bool> {
+    let rest = payload[..usage_key].trim_ascii_end().strip_suffix(b",")?;
+    let rest = rest.trim_ascii_end().strip_suffix(b"]")?.trim_ascii_end().strip_suffix(b"[")?;
+    let rest = rest.trim_ascii_end().strip_suffix(b":")?.trim_ascii_end().strip_suffix(b"\"choices\"")?;
+    // An escaped quote would make `"choices"` the end of a longer string.
+    let backslashes = rest.iter().rev().take_while(|b| **b == b'\\').count();
+    (backslashes % 2 == 0).then_some(true)
+}
+
 /// Is this chunk the usage-only one (`"choices": []`)?
 /// Only asked of chunks whose usage already parsed, so a top-level scan is
 /// enough: absent, `null` and `[]` all mean no choices.
@@ -178,10 +192,14 @@ impl Translate for OpenAiSse {
             return Step::Fail(stream_error(trimmed));
         }
         if usage::mentions_usage(&payload)
-            && let Some(u) = usage::from_body(&payload)
+            && let Some((u, usage_key)) = usage::from_chunk(&payload)
         {
             self.usage = Some(u);
-            if self.hide_usage_chunk && has_no_choices(&payload) {
+            if self.hide_usage_chunk
+                && usage_key
+                    .and_then(|at| empty_choices_before(&payload, at))
+                    .unwrap_or_else(|| has_no_choices(&payload))
+            {
                 return Step::Skip;
             }
         }
@@ -412,6 +430,33 @@ mod tests {
         assert!(!has_no_choices(br#"{"choices":[{"index":0,"delta":{"content":"[]"}}],"usage":{}}"#));
         // A nested "choices" key does not count as the top-level one.
         assert!(!has_no_choices(br#"{"x":{"choices":[]},"choices":[{"index":0}],"usage":{}}"#));
+    }
+
+    #[test]
+    fn the_usual_usage_chunk_is_recognized_from_its_end() {
+        let usage_key = |p: &[u8]| usage::from_chunk(p).and_then(|(_, at)| at);
+        let usual = br#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        let at = usage_key(usual).expect("trailing usage");
+        assert_eq!(empty_choices_before(usual, at), Some(true));
+        let spaced = br#"{"id":"c","choices" : [ ] , "usage":{"prompt_tokens":1}}"#;
+        assert_eq!(empty_choices_before(spaced, usage_key(spaced).unwrap()), Some(true));
+        // Other layouts are left to the scan, which still answers right.
+        for (payload, hidden) in [
+            (&br#"{"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":1}}"#[..], false),
+            (br#"{"usage_note":""choices":[]","choices":[{"index":0}],"usage":{"prompt_tokens":1}}"#, false),
+            (br#"{"x":"a"choices":[],","usage":{"prompt_tokens":1}}"#, true),
+        ] {
+            let at = usage_key(payload).unwrap();
+            assert_eq!(empty_choices_before(payload, at), None, "{}", String::from_utf8_lossy(payload));
+            assert_eq!(has_no_choices(payload), hidden, "{}", String::from_utf8_lossy(payload));
+        }
+        // `"choices"` whose opening quote is escaped ends a longer string.
+        let escaped = br#"{"x":"a\"choices":[],"usage":{"prompt_tokens":1}}"#;
+        assert_eq!(empty_choices_before(escaped, usage_key(escaped).unwrap()), None);
+        let mut t = OpenAiSse::new(true);
+        let line = [&b"data: "[..], usual].concat();
+        assert!(matches!(t.line(Bytes::from(line)), Step::Skip), "the usual usage chunk is hidden");
+        assert_eq!(t.usage().map(|u| u.total_tokens), Some(3));
     }
 
     fn lines(splitter: &mut LineSplitter) -> Vec<String> {

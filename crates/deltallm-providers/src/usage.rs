@@ -63,11 +63,17 @@ impl From<WireUsage> for Usage {
 /// deserializing the body while ignoring its other fields costs; the body
 /// itself is forwarded as received, so it is not validated here.
 pub(crate) fn from_body(body: &[u8]) -> Option<Usage> {
-    if let Some(usage) = trailing_usage(body) {
-        return usage;
+    from_chunk(body).map(|(usage, _)| usage)
+}
+
+/// As [`from_body`], with the offset of the `"usage"` key when it was found
+/// as the body's last member (see [`trailing_usage`]).
+pub(crate) fn from_chunk(body: &[u8]) -> Option<(Usage, Option<usize>)> {
+    if let Some((usage, at)) = trailing_usage(body) {
+        return usage.map(|u| (u, Some(at)));
     }
     let value = top_level_value(body, b"usage")?;
-    decode(value)?.0.map(Usage::from)
+    decode(value)?.0.map(|u| (Usage::from(u), None))
 }
 
 /// The `usage` value at the start of `value` and the bytes it took.
@@ -152,8 +158,9 @@ fn flat_usage(value: &[u8]) -> Option<(WireUsage, usize)> {
 /// body is an unescaped string (so, in valid JSON, a string token), followed
 /// by `:`, and its value is followed only by the `}` that ends the body, it
 /// is a member of the top-level object. `None` when that does not hold: the
-/// full scan of [`top_level_value`] decides then.
-fn trailing_usage(body: &[u8]) -> Option<Option<Usage>> {
+/// full scan of [`top_level_value`] decides then. With the usage, the offset
+/// of its key's opening quote.
+fn trailing_usage(body: &[u8]) -> Option<(Option<Usage>, usize)> {
     static KEY: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
     let at = KEY.rfind(body)?;
@@ -169,7 +176,7 @@ fn trailing_usage(body: &[u8]) -> Option<Option<Usage>> {
     let start = skip_ws(body, colon + 1);
     let (usage, len) = decode(&body[start..])?;
     let rest = &body[start + len..];
-    (rest.trim_ascii() == b"}").then(|| usage.map(Usage::from))
+    (rest.trim_ascii() == b"}").then(|| (usage.map(Usage::from), at))
 }
 
 fn skip_ws(body: &[u8], mut i: usize) -> usize {
@@ -331,8 +338,9 @@ mod tests {
         let after = br#"{"usage":{"prompt_tokens":6},"system_fingerprint":"usage"}"#;
         assert_eq!(from_body(after).map(|u| u.prompt_tokens), Some(6));
         let spaced = b"{\"id\":\"x\", \"usage\" :\n {\"prompt_tokens\":7} \n}\n";
-        assert_eq!(trailing_usage(spaced).flatten().map(|u| u.prompt_tokens), Some(7));
-        assert_eq!(trailing_usage(br#"{"usage":null}"#), Some(None));
+        let (usage, at) = trailing_usage(spaced).expect("trailing usage");
+        assert_eq!((usage.map(|u| u.prompt_tokens), at), (Some(7), 11));
+        assert_eq!(trailing_usage(br#"{"usage":null}"#), Some((None, 1)));
         // Cut or malformed bodies give no usage rather than a panic.
         assert_eq!(from_body(br#"{"usage":{"prompt_tokens":1"#), None);
         assert_eq!(from_body(br#"{"x":"unterminated"#), None);
