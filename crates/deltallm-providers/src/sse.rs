@@ -443,8 +443,8 @@ mod tests {
         // Other layouts are left to the scan, which still answers right.
         for (payload, hidden) in [
             (&br#"{"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":1}}"#[..], false),
-            (br#"{"usage_note":""choices":[]","choices":[{"index":0}],"usage":{"prompt_tokens":1}}"#, false),
-            (br#"{"x":"a"choices":[],","usage":{"prompt_tokens":1}}"#, true),
+            (br#"{"usage_note":"\"choices\":[]","choices":[{"index":0}],"usage":{"prompt_tokens":1}}"#, false),
+            (br#"{"x":"a\"choices\":[],","usage":{"prompt_tokens":1}}"#, true),
         ] {
             let at = usage_key(payload).unwrap();
             assert_eq!(empty_choices_before(payload, at), None, "{}", String::from_utf8_lossy(payload));
