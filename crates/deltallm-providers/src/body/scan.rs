@@ -108,7 +108,7 @@ fn string(b: &[u8], i: usize) -> Option<usize> {
 }
 
 /// The index of the first byte at or after `at` that ends a run of plain
-/// string content: `"`, `\\`, a control character, or the end of `b`.
+/// string content: `"`, `\`, a control character, or the end of `b`.
 /// Request strings are mostly short, where a `memchr` call costs more than
 /// it saves: eight bytes are tested at a time.
 pub(crate) fn plain_run(b: &[u8], mut at: usize) -> usize {
