@@ -395,4 +395,93 @@ mod tests {
         // The mutations leave a fair share valid, so the check above ran.
         assert!(accepted > 5_000, "only {accepted} bodies were valid");
     }
+
+    /// Random JSON text: nesting, empty containers, numbers of every shape,
+    /// escapes, multi-byte characters and whitespace between all tokens.
+    fn random_value(rng: &mut Rng, depth: usize, out: &mut String) {
+        const SPACE: [&str; 5] = ["", "", " ", "\n\t", "\r\n  "];
+        let ws = |rng: &mut Rng, out: &mut String| out.push_str(SPACE[rng.below(SPACE.len())]);
+        match rng.below(if depth > 6 { 4 } else { 6 }) {
+            0 => out.push_str(["true", "false", "null"][rng.below(3)]),
+            1 => out.push_str(
+                ["0", "-0", "7", "-12", "3.25", "1e5", "2E-3", "-0.5e+10", "123456789012345678901234567890", "1e400"]
+                    [rng.below(10)],
+            ),
+            2 | 3 => {
+                out.push('"');
+                for _ in 0..rng.below(24) {
+                    out.push_str(
+                        [
+                            "a",
+                            "Z",
+                            " ",
+                            "é",
+                            "日本",
+                            "😀",
+                            "\\\"",
+                            "\\\\",
+                            "\\/",
+                            "\\n",
+                            "\\u00e9",
+                            "\\ud83d\\ude00",
+                            "\\ud800",
+                            "x",
+                        ][rng.below(14)],
+                    );
+                }
+                out.push('"');
+            }
+            4 => {
+                out.push('[');
+                for i in 0..rng.below(4) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    ws(rng, out);
+                    random_value(rng, depth + 1, out);
+                    ws(rng, out);
+                }
+                out.push(']');
+            }
+            _ => {
+                out.push('{');
+                for i in 0..rng.below(4) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    ws(rng, out);
+                    out.push_str(["\"k\"", "\"k2\"", "\"\"", "\"\\u006b\"", "\"ключ\""][rng.below(5)]);
+                    ws(rng, out);
+                    out.push(':');
+                    ws(rng, out);
+                    random_value(rng, depth + 1, out);
+                    ws(rng, out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    /// Valid bodies built at random are all accepted, with the members and
+    /// raw values serde_json finds.
+    #[test]
+    fn accepts_random_valid_bodies_as_serde_json_reads_them() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for _ in 0..20_000 {
+            let mut text = String::from(" {");
+            for i in 0..rng.below(6) {
+                if i > 0 {
+                    text.push_str(" ,");
+                }
+                text.push_str(["\"model\"", "\"messages\"", "\"n\"", "\"n\"", "\"mo\\u0064el\""][rng.below(5)]);
+                text.push(':');
+                random_value(&mut rng, 0, &mut text);
+            }
+            text.push_str("}\n");
+            let super::super::Fields(theirs) =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("generated invalid JSON ({e}): {text}"));
+            let ours = object(&text).unwrap_or_else(|| panic!("scan refused valid JSON: {text}"));
+            assert_eq!(ours, theirs, "{text}");
+        }
+    }
 }
