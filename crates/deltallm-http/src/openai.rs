@@ -1,7 +1,7 @@
 //! OpenAI-compatible `/v1` routes (RUN-2, RUN-4, RUN-14, RUN-15).
 
 use std::convert::Infallible;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -117,20 +117,47 @@ fn put(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-fn route_headers(headers: &mut HeaderMap, route: &RouteDecision, overhead_us: u128) {
-    put(headers, ROUTE_GROUP, &route.group);
-    headers.insert(ROUTE_STRATEGY, HeaderValue::from_static(route.strategy.as_str()));
-    put(headers, ROUTE_DEPLOYMENT, &route.served);
-    headers.insert(ROUTE_FALLBACK, HeaderValue::from_static(if route.fallback_used { "true" } else { "false" }));
-    // Only route groups with a published policy have a version to report.
-    if let Some(v) = route.policy_version {
-        headers.insert(ROUTE_POLICY_VERSION, HeaderValue::from(v));
-    }
-    headers.insert(OVERHEAD, overhead_value(overhead_us));
+/// Where a proxied answer's gateway headers go: a `HeaderMap` behind hyper,
+/// the head's bytes on the lean HTTP/1.1 path. [`route_headers`] is the one
+/// list both write.
+pub(crate) trait HeaderSink {
+    /// A value from operators (group and deployment names): left out when it
+    /// cannot travel in a header.
+    fn text(&mut self, name: HeaderName, value: &str);
+    /// A value the gateway made itself, known to be valid.
+    fn constant(&mut self, name: HeaderName, value: &'static str);
+    fn number(&mut self, name: HeaderName, value: u64);
 }
 
-fn overhead_value(us: u128) -> HeaderValue {
-    HeaderValue::from(u64::try_from(us).unwrap_or(u64::MAX))
+impl HeaderSink for HeaderMap {
+    fn text(&mut self, name: HeaderName, value: &str) {
+        put(self, name, value);
+    }
+
+    fn constant(&mut self, name: HeaderName, value: &'static str) {
+        self.insert(name, HeaderValue::from_static(value));
+    }
+
+    fn number(&mut self, name: HeaderName, value: u64) {
+        self.insert(name, HeaderValue::from(value));
+    }
+}
+
+/// The route decision and the gateway's overhead (`x-deltallm-overhead-us`).
+pub(crate) fn route_headers(out: &mut impl HeaderSink, route: &RouteDecision, overhead: Duration) {
+    out.text(ROUTE_GROUP, &route.group);
+    out.constant(ROUTE_STRATEGY, route.strategy.as_str());
+    out.text(ROUTE_DEPLOYMENT, &route.served);
+    out.constant(ROUTE_FALLBACK, if route.fallback_used { "true" } else { "false" });
+    // Only route groups with a published policy have a version to report.
+    if let Some(v) = route.policy_version {
+        out.number(ROUTE_POLICY_VERSION, u64::from(v));
+    }
+    out.number(OVERHEAD, overhead_us(overhead));
+}
+
+fn overhead_us(overhead: Duration) -> u64 {
+    u64::try_from(overhead.as_micros()).unwrap_or(u64::MAX)
 }
 
 pub(crate) fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response {
@@ -156,7 +183,7 @@ pub(crate) fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response 
                     r
                 }
             };
-            route_headers(out.headers_mut(), &resp.route, resp.overhead.as_micros());
+            route_headers(out.headers_mut(), &resp.route, resp.overhead);
             // The id is moved into the header, not copied.
             if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(resp.request_id)) {
                 out.headers_mut().insert(REQUEST_ID, v);
@@ -166,10 +193,8 @@ pub(crate) fn render(result: Result<ProxyResponse, CoreProxyError>) -> Response 
         Err(e) => {
             let mut out = ProxyError(e.error).into_response();
             match &e.route {
-                Some(route) => route_headers(out.headers_mut(), route, e.overhead.as_micros()),
-                None => {
-                    out.headers_mut().insert(OVERHEAD, overhead_value(e.overhead.as_micros()));
-                }
+                Some(route) => route_headers(out.headers_mut(), route, e.overhead),
+                None => out.headers_mut().number(OVERHEAD, overhead_us(e.overhead)),
             }
             out
         }

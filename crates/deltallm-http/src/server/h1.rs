@@ -24,6 +24,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use deltallm_core::Error;
 use deltallm_core::proxy::{Endpoint, ProxyBody, ProxyResponse};
 use futures_util::{FutureExt, StreamExt};
+use http::HeaderName;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -351,17 +352,7 @@ async fn write_proxied(conn: &mut Conn, answer: ProxyResponse, close: bool) -> i
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n",
         ),
     }
-    // Values the gateway makes itself need no check; the group and
-    // deployment names come from operators.
-    header(head, openai::ROUTE_GROUP.as_str(), &route.group);
-    trusted(head, openai::ROUTE_STRATEGY.as_str(), route.strategy.as_str());
-    header(head, openai::ROUTE_DEPLOYMENT.as_str(), &route.served);
-    trusted(head, openai::ROUTE_FALLBACK.as_str(), if route.fallback_used { "true" } else { "false" });
-    if let Some(v) = route.policy_version {
-        trusted(head, openai::ROUTE_POLICY_VERSION.as_str(), itoa::Buffer::new().format(v));
-    }
-    let overhead = u64::try_from(overhead.as_micros()).unwrap_or(u64::MAX);
-    trusted(head, openai::OVERHEAD.as_str(), itoa::Buffer::new().format(overhead));
+    openai::route_headers(&mut HeadBytes(head), &route, overhead);
     trusted(head, openai::REQUEST_ID.as_str(), &request_id);
     end_head(
         head,
@@ -469,6 +460,23 @@ async fn write_local(conn: &mut Conn, response: Response, close: bool) -> io::Re
 fn header(head: &mut Vec<u8>, name: &str, value: &str) {
     if value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f)) {
         trusted(head, name, value);
+    }
+}
+
+/// A response head being written, as [`openai::route_headers`] fills it.
+struct HeadBytes<'h>(&'h mut Vec<u8>);
+
+impl openai::HeaderSink for HeadBytes<'_> {
+    fn text(&mut self, name: HeaderName, value: &str) {
+        header(self.0, name.as_str(), value);
+    }
+
+    fn constant(&mut self, name: HeaderName, value: &'static str) {
+        trusted(self.0, name.as_str(), value);
+    }
+
+    fn number(&mut self, name: HeaderName, value: u64) {
+        trusted(self.0, name.as_str(), itoa::Buffer::new().format(value));
     }
 }
 
