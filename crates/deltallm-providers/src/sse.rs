@@ -159,8 +159,7 @@ fn empty_choices_before(payload: &[u8], usage_key: usize) -> Option<bool> {
     let rest = rest.trim_ascii_end().strip_suffix(b"]")?.trim_ascii_end().strip_suffix(b"[")?;
     let rest = rest.trim_ascii_end().strip_suffix(b":")?.trim_ascii_end().strip_suffix(b"\"choices\"")?;
     // An escaped quote would make `"choices"` the end of a longer string.
-    let backslashes = rest.iter().rev().take_while(|b| **b == b'\\').count();
-    (backslashes % 2 == 0).then_some(true)
+    (!usage::quote_is_escaped(rest)).then_some(true)
 }
 
 /// Is this chunk the usage-only one (`"choices": []`)?

@@ -164,9 +164,7 @@ fn trailing_usage(body: &[u8]) -> Option<(Option<Usage>, usize)> {
     static KEY: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
     let at = KEY.rfind(body)?;
-    // An odd run of backslashes escapes the quote: then it sits inside a string.
-    let backslashes = body[..at].iter().rev().take_while(|b| **b == b'\\').count();
-    if backslashes % 2 == 1 {
+    if quote_is_escaped(&body[..at]) {
         return None;
     }
     let colon = skip_ws(body, at + b"\"usage\"".len());
@@ -177,6 +175,12 @@ fn trailing_usage(body: &[u8]) -> Option<(Option<Usage>, usize)> {
     let (usage, len) = decode(&body[start..])?;
     let rest = &body[start + len..];
     (rest.trim_ascii() == b"}").then(|| (usage.map(Usage::from), at))
+}
+
+/// Is a quote that follows `before` escaped? An odd run of backslashes
+/// escapes it: then it sits inside a string instead of delimiting one.
+pub(crate) fn quote_is_escaped(before: &[u8]) -> bool {
+    before.iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1
 }
 
 fn skip_ws(body: &[u8], mut i: usize) -> usize {
