@@ -145,6 +145,13 @@ fn chat_request(extra_headers: &str) -> String {
     )
 }
 
+/// A chat request's head alone, announcing a body of `length` bytes.
+fn head_announcing(key: &str, length: usize) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Length: {length}\r\n\r\n"
+    )
+}
+
 /// Reads whole responses (content-length framed) from a raw connection.
 struct RawClient {
     stream: TcpStream,
@@ -289,11 +296,7 @@ async fn connection_close_wrong_keys_and_oversized_bodies_get_whole_answers() {
     // still being sent, then the connection closes.
     let mut c = RawClient::connect(&app.base).await;
     let big = "x".repeat(200_000);
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {MASTER_KEY}\r\nContent-Length: {}\r\n\r\n",
-        big.len()
-    );
-    c.send(head.as_bytes()).await;
+    c.send(head_announcing(MASTER_KEY, big.len()).as_bytes()).await;
     let _ = c.stream.write_all(&big.as_bytes()[..100_000]).await;
     let (status, head, body) = c.response().await;
     assert_eq!(status, 413, "{body}");
@@ -303,11 +306,7 @@ async fn connection_close_wrong_keys_and_oversized_bodies_get_whole_answers() {
 
     // A wrong key is reported before an oversized body, as behind hyper.
     let mut c = RawClient::connect(&app.base).await;
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-wrong\r\nContent-Length: {}\r\n\r\n",
-        big.len()
-    );
-    c.send(head.as_bytes()).await;
+    c.send(head_announcing("sk-wrong", big.len()).as_bytes()).await;
     let (status, head, _) = c.response().await;
     assert_eq!(status, 401);
     assert!(head.contains("connection: close"), "{head}");
