@@ -200,3 +200,40 @@ async fn every_field_of_every_record_reads_back_from_an_in_memory_database() {
 on_both_backends!(every_field_of_every_record_reads_back, |url: String| async move {
     every_field_reads_back(&store(&url).await).await;
 });
+
+async fn page_size(store: &Store) -> i64 {
+    let row = store
+        .connection()
+        .query_one_raw(sea_orm::Statement::from_string(sea_orm::DatabaseBackend::Sqlite, "PRAGMA page_size"))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index(0).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_database_file_gets_16k_pages_and_an_older_4k_file_keeps_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = store(&format!("sqlite://{}?mode=rwc", dir.path().join("new.db").display())).await;
+    assert_eq!(page_size(&fresh).await, 16384);
+    fresh.insert_spend(records("new", 300)).await.unwrap();
+    assert_eq!(requests(&fresh).await, 300);
+
+    // A file made by an earlier release: 4 KiB pages, already in WAL mode,
+    // where SQLite cannot change the page size. It opens and records as before.
+    let old_path = dir.path().join("old.db");
+    {
+        let opts = sea_orm::sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&old_path)
+            .create_if_missing(true)
+            .page_size(4096)
+            .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal);
+        let pool = sea_orm::sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        sea_orm::sqlx::query("CREATE TABLE earlier (x INTEGER)").execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let old = store(&format!("sqlite://{}?mode=rwc", old_path.display())).await;
+    assert_eq!(page_size(&old).await, 4096);
+    old.insert_spend(records("old", 300)).await.unwrap();
+    assert_eq!(requests(&old).await, 300);
+}

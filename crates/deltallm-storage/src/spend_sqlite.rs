@@ -108,7 +108,8 @@ fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
     // Appending rows touches only the last pages of the table and its index,
     // so 512 KiB serves the writer as well as SQLite's 2 MiB default and
     // keeps 1.5 MiB out of the gateway's RSS (docs/benchmarks.md, step 33).
-    // A 256-record batch dirties about 35 pages; 128 fit.
+    // A 256-record batch dirties about 35 pages of 4 KiB or 10 of 16 KiB
+    // (the size of a new file, see `Store::connect`); 128 or 32 fit.
     conn.execute_batch("PRAGMA cache_size = -512")?;
     Ok(conn)
 }
