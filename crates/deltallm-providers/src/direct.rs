@@ -33,6 +33,7 @@
 //! (RUN-11) decides.
 
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -494,9 +495,11 @@ async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> Result<Head> {
 
 /// Parse a complete head at the start of `buf`: its length and contents.
 fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    // Uninitialized slots: the parser writes the ones it fills (zeroing all
+    // 64 was 2 KiB of stores per response).
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(invalid(e)),
