@@ -237,3 +237,33 @@ async fn a_new_database_file_gets_16k_pages_and_an_older_4k_file_keeps_its_own()
     old.insert_spend(records("old", 300)).await.unwrap();
     assert_eq!(requests(&old).await, 300);
 }
+
+/// The nice value in a `/proc/.../stat` line (field 19; the command name in
+/// parentheses may hold spaces, so fields are counted after its `)`).
+#[cfg(target_os = "linux")]
+fn nice_in(stat: &str) -> i32 {
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_thread_runs_at_a_lower_priority_than_the_request_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&format!("sqlite://{}?mode=rwc", dir.path().join("spend.db").display())).await;
+    store.insert_spend(records("nice", 3)).await.unwrap();
+
+    let process = nice_in(&std::fs::read_to_string("/proc/self/stat").unwrap());
+    let mut writers = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else { continue };
+        if comm.trim_end() == "deltallm-spend" {
+            writers += 1;
+            let nice = nice_in(&std::fs::read_to_string(task.join("stat")).unwrap());
+            assert_eq!(nice, (process + 5).min(19), "the writer thread is 5 nice units below the process");
+        }
+    }
+    assert!(writers > 0, "the insert started a writer thread");
+    assert_eq!(requests(&store).await, 3);
+}

@@ -66,9 +66,34 @@ fn sqlite_error(e: &rusqlite::Error) -> Error {
     failed(format!("spend insert: {e}"))
 }
 
+/// How much lower than the process's the writer thread's priority is (nice
+/// units). On a gateway with one core the writer shares it with the request
+/// path, and a 256-record batch is about 0.8 ms of work: at the same priority
+/// a request arriving meanwhile waits for it, which was the whole of the
+/// gateway's p99 at low load. At +5 the scheduler still gives the writer a
+/// quarter of a busy core, and at saturation it needs about a sixth
+/// (docs/benchmarks.md, step 44).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+const WRITER_NICE: i32 = 5;
+
+/// Lowers the calling thread's priority by [`WRITER_NICE`]. On Linux a
+/// thread id names one thread for `setpriority`; elsewhere this does nothing.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let tid = Some(rustix::thread::gettid());
+        let lowered = getpriority_process(tid).and_then(|nice| setpriority_process(tid, (nice + WRITER_NICE).min(19)));
+        if let Err(e) = lowered {
+            tracing::debug!(error = %e, "spend writer keeps the process's priority");
+        }
+    }
+}
+
 /// The thread: one connection, opened on the first batch and again after a
 /// failed one, so a database that went away is found once it is back.
 fn run(path: &std::path::Path, jobs: &mpsc::Receiver<Job>) {
+    lower_priority();
     while let Ok(job) = jobs.recv() {
         let conn = match open(path) {
             Ok(conn) => conn,
