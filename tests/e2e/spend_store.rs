@@ -100,6 +100,9 @@ async fn an_in_memory_database_records_spend_through_the_pool() {
 /// meet: a value repeated in the same row position, changed, switched
 /// between `NULL` and text and back, and both sides of every counter.
 fn varied(batch: usize, n: usize) -> Vec<SpendRecord> {
+    static SHARED: std::sync::LazyLock<[std::sync::Arc<str>; 6]> = std::sync::LazyLock::new(|| {
+        ["d-0", "d-1", "d-2", "{\"attempts\":0}", "{\"attempts\":1}", "{\"attempts\":2}"].map(Into::into)
+    });
     // Whole microseconds: PostgreSQL keeps no more.
     let now = Utc::now() - chrono::TimeDelta::seconds(5);
     let start = chrono::DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap();
@@ -111,7 +114,10 @@ fn varied(batch: usize, n: usize) -> Vec<SpendRecord> {
                 request_id: format!("v-{batch}-{i}"),
                 call_type: ["chat_completion", "embedding", "rerank"][k % 3],
                 model: ["m-a", "m-b", "m-a", "a much longer model name than the others"][k % 4].into(),
-                deployment_id: (!k.is_multiple_of(5)).then(|| format!("d-{}", k % 3).into()),
+                // Even records share the registry's allocations (as the
+                // gateway's do), odd ones bring equal texts of their own.
+                deployment_id: (!k.is_multiple_of(5))
+                    .then(|| if k.is_multiple_of(2) { SHARED[k % 3].clone() } else { format!("d-{}", k % 3).into() }),
                 deployment_model: (k % 7 != 3).then(|| "upstream".into()),
                 provider: ["vllm", "openai"][(k / 3) % 2].into(),
                 api_base: k.is_multiple_of(2).then(|| "http://127.0.0.1:1/v1".into()),
@@ -127,7 +133,13 @@ fn varied(batch: usize, n: usize) -> Vec<SpendRecord> {
                 audio_seconds: (k % 5) as f64 / 2.0,
                 unpriced_reason: (k % 4 == 1).then_some("no token prices configured for the deployment"),
                 request_tags: if k.is_multiple_of(3) { "[]".into() } else { format!("[\"t{}\"]", k % 2).into() },
-                metadata: if k.is_multiple_of(10) { "{}".into() } else { format!("{{\"attempts\":{}}}", k % 3).into() },
+                metadata: if k.is_multiple_of(10) {
+                    "{}".into()
+                } else if k.is_multiple_of(2) {
+                    SHARED[3 + k % 3].clone()
+                } else {
+                    format!("{{\"attempts\":{}}}", k % 3).into()
+                },
                 status: ["success", "failure", "client_disconnected"][(k / 4) % 3],
                 http_status_code: [200, 502, 499][(k / 4) % 3],
                 error_type: ((k / 4) % 3 == 1).then_some("api_error"),

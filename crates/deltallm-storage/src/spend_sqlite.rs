@@ -11,9 +11,10 @@
 //! pool's connections read and write beside it; the busy timeout orders its
 //! writes with theirs, on this thread rather than on the async runtime.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Statement};
@@ -223,7 +224,28 @@ enum Bound {
     Int(i64),
     /// The bits of an `f64`, so that equality is exact (and `-0.0 != 0.0`).
     Real(u64),
+    /// A copy of a text the record only lends.
     Text(String),
+    /// A record's shared text, held so that its allocation stays alive: the
+    /// same allocation next time is the same text, settled without reading
+    /// it (deployment, provider, base URL and route metadata come from the
+    /// registry this way).
+    Shared(Arc<str>),
+    /// A text of a fixed vocabulary: the same slice is the same text.
+    Static(&'static str),
+}
+
+impl Bound {
+    /// Does the held value stand for `value` (`None` for NULL)?
+    fn holds(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (Bound::Null, None) => true,
+            (Bound::Text(held), Some(v)) => held == v,
+            (Bound::Shared(held), Some(v)) => **held == *v,
+            (Bound::Static(held), Some(v)) => *held == v,
+            _ => false,
+        }
+    }
 }
 
 /// A prepared multi-row `INSERT` and what each of its parameters holds.
@@ -244,15 +266,15 @@ impl Insert<'_> {
     /// Binds one record in [`SPEND_COLUMNS`] order after parameter `at`.
     fn bind_record(&mut self, at: usize, r: &SpendRecord, time: &mut TimeText) -> rusqlite::Result<()> {
         self.fresh(at, r.request_id.as_str())?;
-        self.text(at + 1, Some(r.call_type))?;
-        self.text(at + 2, Some(&r.model))?;
-        self.text(at + 3, r.deployment_id.as_deref())?;
-        self.text(at + 4, r.deployment_model.as_deref())?;
-        self.text(at + 5, Some(&r.provider))?;
-        self.text(at + 6, r.api_base.as_deref())?;
+        self.fixed(at + 1, Some(r.call_type))?;
+        self.shared(at + 2, Some(&r.model))?;
+        self.shared(at + 3, r.deployment_id.as_ref())?;
+        self.shared(at + 4, r.deployment_model.as_ref())?;
+        self.shared(at + 5, Some(&r.provider))?;
+        self.shared(at + 6, r.api_base.as_ref())?;
         self.real(at + 7, r.spend)?;
         self.real(at + 8, r.provider_cost)?;
-        self.text(at + 9, Some(r.billing_unit))?;
+        self.fixed(at + 9, Some(r.billing_unit))?;
         self.int(at + 10, r.prompt_tokens)?;
         self.int(at + 11, r.completion_tokens)?;
         self.int(at + 12, r.total_tokens)?;
@@ -260,12 +282,15 @@ impl Insert<'_> {
         self.int(at + 14, r.images)?;
         self.int(at + 15, r.characters)?;
         self.real(at + 16, r.audio_seconds)?;
-        self.text(at + 17, r.unpriced_reason)?;
-        self.text(at + 18, Some(&r.request_tags))?;
-        self.text(at + 19, Some(&r.metadata))?;
-        self.text(at + 20, Some(r.status))?;
+        self.fixed(at + 17, r.unpriced_reason)?;
+        match &r.request_tags {
+            Cow::Borrowed(tags) => self.fixed(at + 18, Some(tags))?,
+            Cow::Owned(tags) => self.text(at + 18, Some(tags))?,
+        }
+        self.shared(at + 19, Some(&r.metadata))?;
+        self.fixed(at + 20, Some(r.status))?;
         self.int(at + 21, i64::from(r.http_status_code))?;
-        self.text(at + 22, r.error_type)?;
+        self.fixed(at + 22, r.error_type)?;
         self.int(at + 23, i64::from(r.stream))?;
         self.int(at + 24, r.latency_ms)?;
         self.fresh(at + 25, time.text(r.start_time))?;
@@ -276,6 +301,40 @@ impl Insert<'_> {
     fn fresh(&mut self, i: usize, value: &str) -> rusqlite::Result<()> {
         self.last[i] = Bound::Unknown;
         self.stmt.raw_bind_parameter(i + 1, value)
+    }
+
+    /// Parameter `i` to a shared text (or NULL). The same allocation as the
+    /// held one needs no look at the text; an equal text in another
+    /// allocation needs no binding, and is held from now on.
+    fn shared(&mut self, i: usize, value: Option<&Arc<str>>) -> rusqlite::Result<()> {
+        if let (Bound::Shared(held), Some(v)) = (&self.last[i], value)
+            && Arc::ptr_eq(held, v)
+        {
+            return Ok(());
+        }
+        self.hold(i, value.map(|v| &**v), || value.map_or(Bound::Null, |v| Bound::Shared(v.clone())))
+    }
+
+    /// Parameter `i` to a text of a fixed vocabulary (or NULL).
+    fn fixed(&mut self, i: usize, value: Option<&'static str>) -> rusqlite::Result<()> {
+        if let (Bound::Static(held), Some(v)) = (&self.last[i], value)
+            && std::ptr::eq(*held, v)
+        {
+            return Ok(());
+        }
+        self.hold(i, value, || value.map_or(Bound::Null, Bound::Static))
+    }
+
+    /// Binds `value` unless the held value already stands for it, and holds `next`.
+    fn hold(&mut self, i: usize, value: Option<&str>, next: impl FnOnce() -> Bound) -> rusqlite::Result<()> {
+        if !self.last[i].holds(value) {
+            match value {
+                Some(v) => self.stmt.raw_bind_parameter(i + 1, v)?,
+                None => self.stmt.raw_bind_parameter(i + 1, rusqlite::types::Null)?,
+            }
+        }
+        self.last[i] = next();
+        Ok(())
     }
 
     fn text(&mut self, i: usize, value: Option<&str>) -> rusqlite::Result<()> {
