@@ -348,27 +348,18 @@ impl Insert<'_> {
         Ok(())
     }
 
+    /// Parameter `i` to a text the record only lends (request tags a client
+    /// sent): held as a copy, whose buffer is reused for the next one.
     fn text(&mut self, i: usize, value: Option<&str>) -> rusqlite::Result<()> {
-        match (&mut self.last[i], value) {
-            (Bound::Null, None) => Ok(()),
-            (Bound::Text(held), Some(v)) if held == v => Ok(()),
-            (slot, None) => {
-                self.stmt.raw_bind_parameter(i + 1, rusqlite::types::Null)?;
-                *slot = Bound::Null;
-                Ok(())
-            }
-            (slot, Some(v)) => {
+        if let (Bound::Text(held), Some(v)) = (&mut self.last[i], value) {
+            if held != v {
                 self.stmt.raw_bind_parameter(i + 1, v)?;
-                match slot {
-                    Bound::Text(held) => {
-                        held.clear();
-                        held.push_str(v);
-                    }
-                    other => *other = Bound::Text(v.to_owned()),
-                }
-                Ok(())
+                held.clear();
+                held.push_str(v);
             }
+            return Ok(());
         }
+        self.hold(i, value, || value.map_or(Bound::Null, |v| Bound::Text(v.to_owned())))
     }
 
     fn int(&mut self, i: usize, value: i64) -> rusqlite::Result<()> {
